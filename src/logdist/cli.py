@@ -1,0 +1,41 @@
+"""The ``logdist`` command line: one sub-command per role."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# sub-command -> (module, one-line help). Each module defines ``add_arguments(parser)`` and ``main(args) -> int``.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("logdist.distributor", "run the distributor until SIGINT/SIGTERM"),
+    "analyzer": ("logdist.analyzer.server", "run the reference analyzer (a real server that counts and acks)"),
+    "emit": ("logdist.emitter.loadgen", "generate load: send stamped, checksummed messages to a distributor"),
+    "bench": ("logdist.bench.runner", "benchmark distributor + analyzers + emitters as separate processes"),
+    "demo": ("logdist.bench.demo", "~30 s local demo: weights, an analyzer failing and returning, a summary"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every sub-command registered."""
+    parser = argparse.ArgumentParser(
+        prog="logdist",
+        description="logdist routes every log message to exactly one analyzer, in proportion to weights.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        module.add_arguments(command)
+        command.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``logdist`` console script."""
+    args = build_parser().parse_args(argv)
+    return int(args._module.main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
