@@ -1,0 +1,131 @@
+"""The distributor's configuration: one typed model, loaded from TOML or flags, validated with precise errors."""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from pathlib import Path
+
+import msgspec
+
+from logdist.runtime import parse_hostport
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the file, the key and what is wrong."""
+
+
+class AnalyzerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One analyzer the distributor dials: ``address`` is ``HOST:PORT``."""
+
+    name: str
+    address: str
+    weight: float = 1.0
+
+
+class DeliveryConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How links batch, pace and watch their analyzers."""
+
+    linger_ms: float = 2.0
+    max_batch_messages: int = 4096
+    window: int = 16  # batches in flight per analyzer
+    ack_timeout_s: float = 0.75  # no frame for this long while work is outstanding: the analyzer is hung
+    heartbeat_interval_s: float = 0.25
+    connect_timeout_s: float = 2.0
+    backoff_initial_s: float = 0.05
+    backoff_max_s: float = 2.0
+    slow_start_s: float = 5.0
+    compression: str | None = None  # "zstd" or "lz4" towards analyzers that accept it
+
+
+class LimitsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Memory bounds: past ``max_pending_mb`` held in memory, ingest stops reading (TCP backpressure)."""
+
+    max_pending_mb: float = 64.0
+    resume_pending_fraction: float = 0.5
+    max_frame_mb: float = 64.0
+
+
+class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The whole distributor configuration."""
+
+    listen: str = "127.0.0.1:7400"
+    admin: str | None = "127.0.0.1:7401"
+    analyzers: list[AnalyzerConfig] = []
+    delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    drain_timeout_s: float = 10.0
+
+    def validate(self) -> Config:
+        """Check cross-field rules; raise ConfigError naming the key."""
+        _check_address("listen", self.listen)
+        if self.admin is not None:
+            _check_address("admin", self.admin)
+        seen: set[str] = set()
+        for i, analyzer in enumerate(self.analyzers):
+            key = f"analyzers[{i}]"
+            if not analyzer.name:
+                raise ConfigError(f"{key}.name: must not be empty")
+            if analyzer.name in seen:
+                raise ConfigError(f"{key}.name: duplicate analyzer name {analyzer.name!r}")
+            seen.add(analyzer.name)
+            _check_address(f"{key}.address", analyzer.address)
+            if not math.isfinite(analyzer.weight) or analyzer.weight <= 0:
+                raise ConfigError(f"{key}.weight: must be a positive number, got {analyzer.weight}")
+        d = self.delivery
+        for key, value in (
+            ("linger_ms", d.linger_ms),
+            ("ack_timeout_s", d.ack_timeout_s),
+            ("heartbeat_interval_s", d.heartbeat_interval_s),
+            ("backoff_initial_s", d.backoff_initial_s),
+            ("backoff_max_s", d.backoff_max_s),
+            ("slow_start_s", d.slow_start_s),
+        ):
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"delivery.{key}: must be a non-negative number, got {value}")
+        if d.max_batch_messages < 1 or d.window < 1:
+            raise ConfigError("delivery.max_batch_messages and delivery.window must be at least 1")
+        if d.compression not in (None, "zstd", "lz4"):
+            raise ConfigError(f"delivery.compression: must be 'zstd' or 'lz4', got {d.compression!r}")
+        if self.limits.max_pending_mb <= 0 or not 0 < self.limits.resume_pending_fraction < 1:
+            raise ConfigError("limits: max_pending_mb must be > 0 and resume_pending_fraction in (0, 1)")
+        return self
+
+
+def _check_address(key: str, value: str) -> None:
+    try:
+        parse_hostport(value)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def parse_analyzer_flag(text: str) -> AnalyzerConfig:
+    """``NAME=HOST:PORT@WEIGHT`` (weight defaults to 1) -> AnalyzerConfig."""
+    name, sep, rest = text.partition("=")
+    if not sep or not name:
+        raise ConfigError(f"--analyzer {text!r}: expected NAME=HOST:PORT@WEIGHT")
+    address, _, weight_text = rest.partition("@")
+    try:
+        weight = float(weight_text) if weight_text else 1.0
+    except ValueError:
+        raise ConfigError(f"--analyzer {text!r}: weight {weight_text!r} is not a number") from None
+    return AnalyzerConfig(name=name, address=address, weight=weight)
+
+
+def load(path: str | Path) -> Config:
+    """Load and validate a TOML config file."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    try:
+        config = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    try:
+        return config.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

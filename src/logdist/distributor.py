@@ -1,0 +1,363 @@
+"""The distributor: accepts batches from emitters and routes every message to exactly one analyzer by weight.
+
+Runs until SIGINT/SIGTERM, then stops accepting, delivers what it holds for up to the drain deadline and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections import Counter, deque
+from typing import Any
+
+from logdist.config import Config, ConfigError, load, parse_analyzer_flag
+from logdist.delivery.link import AnalyzerLink, LinkState
+from logdist.ingest.base import IngestConnection
+from logdist.ingest.native import NativeIngest
+from logdist.routing.slowstart import SlowStart
+from logdist.routing.table import Router, RouteTable
+from logdist.runtime import announce, parse_hostport, run
+from logdist.wire.batch import MessageBlock
+from logdist.wire.errors import ProtocolError
+
+log = logging.getLogger("logdist.distributor")
+
+
+class Distributor:
+    """Owns the route table, the analyzer links, the unrouted backlog and the memory bound."""
+
+    def __init__(self, config: Config, server_id: str = "logdist") -> None:
+        self.config = config
+        self.server_id = server_id
+        self.router = Router()
+        self.slow_start = SlowStart(window_s=config.delivery.slow_start_s)
+        self.links: dict[str, AnalyzerLink] = {}
+        self.parked: deque[MessageBlock] = deque()  # accepted while no analyzer was up
+        self.parked_messages = 0
+        self.pending_bytes = 0  # bytes of accepted, not yet acknowledged messages held in memory
+        self.max_pending = int(config.limits.max_pending_mb * 1024 * 1024)
+        self.resume_below = int(self.max_pending * config.limits.resume_pending_fraction)
+        self.paused = False
+        self.connections: set[IngestConnection] = set()
+        self.accepted_messages = 0
+        self.accepted_batches = 0
+        self.rerouted_messages = 0
+        self.bad_frames = 0
+        self.drops: Counter[str] = Counter()
+        self.listen_address: str | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._ramp_task: asyncio.Task[None] | None = None
+        self._table_version = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.started_at = time.monotonic()
+
+    # -- start / stop ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the listener and start dialling the analyzers."""
+        for analyzer in self.config.analyzers:
+            self.add_analyzer(analyzer.name, analyzer.address, analyzer.weight)
+        host, port = parse_hostport(self.config.listen)
+        loop = asyncio.get_running_loop()
+        max_frame = int(self.config.limits.max_frame_mb * 1024 * 1024)
+        self._server = await loop.create_server(
+            lambda: NativeIngest(self, self.server_id, max_frame), host, port, reuse_address=True, backlog=1024
+        )
+        sock_host, sock_port = self._server.sockets[0].getsockname()[:2]
+        self.listen_address = f"{sock_host}:{sock_port}"
+
+    def add_analyzer(self, name: str, address: str, weight: float) -> AnalyzerLink:
+        """Start a link to a new analyzer; it joins the route table once connected."""
+        if name in self.links:
+            raise ValueError(f"analyzer {name!r} already exists")
+        link = AnalyzerLink(name, address, weight, self.config.delivery, self)
+        self.links[name] = link
+        link.start()
+        return link
+
+    async def shutdown(self, deadline_s: float) -> int:
+        """Stop accepting, deliver what is held for up to ``deadline_s``; return messages left undelivered."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.close()
+        try:
+            await asyncio.wait_for(self._wait_idle(), deadline_s)
+        except TimeoutError:
+            pass
+        left = self.parked_messages
+        for link in self.links.values():
+            left += sum(block.count for block in await link.close())
+        if self._ramp_task is not None:
+            self._ramp_task.cancel()
+        return left
+
+    async def _wait_idle(self) -> None:
+        while self.parked_messages or any(link.outstanding for link in self.links.values()):
+            self._idle.clear()
+            await self._idle.wait()
+
+    # -- ingest side (IngestSink) ------------------------------------------------------------------
+
+    def register(self, conn: IngestConnection) -> None:
+        self.connections.add(conn)
+        if self.paused:
+            conn.pause()
+
+    def unregister(self, conn: IngestConnection) -> None:
+        self.connections.discard(conn)
+
+    def bad_input(self, conn: IngestConnection, error: ProtocolError) -> None:
+        self.bad_frames += 1
+        log.warning("closing emitter connection %s (%s): %s", conn.conn_id, conn.peer, error)
+
+    def accept(self, block: MessageBlock) -> None:
+        """Take responsibility for ``block``: route it, or park it while no analyzer is up."""
+        self.accepted_messages += block.count
+        self.accepted_batches += 1
+        self.pending_bytes += block.nbytes
+        self._route(block)
+        if self.pending_bytes > self.max_pending and not self.paused:
+            self.paused = True
+            for conn in self.connections:
+                conn.pause()
+
+    def _route(self, block: MessageBlock) -> None:
+        runs = self.router.assign(block)
+        if not runs:
+            self.parked.append(block)
+            self.parked_messages += block.count
+            return
+        links = self.links
+        for name, part in runs:
+            links[name].enqueue(part)
+
+    def _release(self, nbytes: int) -> None:
+        self.pending_bytes -= nbytes
+        if self.paused and self.pending_bytes <= self.resume_below:
+            self.paused = False
+            for conn in self.connections:
+                conn.resume()
+        if (
+            not self._idle.is_set()
+            and not self.parked_messages
+            and not any(link.outstanding for link in self.links.values())
+        ):
+            self._idle.set()
+
+    # -- delivery side (LinkOwner) -----------------------------------------------------------------
+
+    def delivered(self, link: AnalyzerLink, block: MessageBlock) -> None:
+        self._release(block.nbytes)
+
+    def rejected(self, link: AnalyzerLink, block: MessageBlock) -> None:
+        self.drops["rejected_by_analyzer"] += block.count
+        log.error("analyzer %s rejected a batch of %d messages; counted as dropped", link.name, block.count)
+        self._release(block.nbytes)
+
+    def link_up(self, link: AnalyzerLink) -> None:
+        log.info("analyzer %s (%s) up", link.name, link.address)
+        self.rebuild_table()
+        if link.ever_up and self.slow_start.window_s > 0:
+            self._ensure_ramp()
+        self._unpark()
+
+    def link_down(self, link: AnalyzerLink, orphans: list[MessageBlock]) -> None:
+        self.rebuild_table()
+        for block in orphans:
+            self.rerouted_messages += block.count
+            self._route(block)
+
+    def _unpark(self) -> None:
+        if not self.router.table.names:
+            return
+        while self.parked:
+            block = self.parked.popleft()
+            self.parked_messages -= block.count
+            self._route(block)
+
+    # -- route table -------------------------------------------------------------------------------
+
+    def effective_weight(self, link: AnalyzerLink, now: float) -> float:
+        """Configured weight, ramped by slow start after a recovery; 0 while not up."""
+        if link.state != LinkState.UP or link.up_since is None:
+            return 0.0
+        if link.failures == 0:
+            return link.weight
+        return link.weight * self.slow_start.factor(now - link.up_since)
+
+    def rebuild_table(self) -> None:
+        """Swap in a route table built from the links' current effective weights."""
+        now = time.monotonic()
+        weights = {name: self.effective_weight(link, now) for name, link in self.links.items()}
+        current = self.router.table
+        table = RouteTable.from_weights(weights, self._table_version + 1)
+        if table.names == current.names and table.shares == current.shares:
+            return
+        self._table_version += 1
+        self.router.set_table(table)
+
+    def _ensure_ramp(self) -> None:
+        if self._ramp_task is None or self._ramp_task.done():
+            self._ramp_task = asyncio.get_running_loop().create_task(self._ramp())
+
+    async def _ramp(self) -> None:
+        """Rebuild the table every 250 ms while some analyzer is in slow start."""
+        while True:
+            await asyncio.sleep(0.25)
+            self.rebuild_table()
+            now = time.monotonic()
+            if not any(self.in_slow_start(link, now) for link in self.links.values()):
+                self.rebuild_table()
+                return
+
+    def in_slow_start(self, link: AnalyzerLink, now: float) -> bool:
+        """Whether ``link`` is still ramping up after a recovery."""
+        return (
+            link.state == LinkState.UP
+            and link.failures > 0
+            and link.up_since is not None
+            and now - link.up_since < self.slow_start.window_s
+        )
+
+    # -- observability -----------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """A JSON-ready snapshot for the admin API, the demo and the bench."""
+        now = time.monotonic()
+        total_delivered = sum(link.delivered_messages for link in self.links.values()) or 1
+        total_weight = sum(link.weight for link in self.links.values()) or 1.0
+        analyzers = []
+        for name, link in self.links.items():
+            state = link.state.value
+            if self.in_slow_start(link, now):
+                state = "slow_start"
+            analyzers.append(
+                {
+                    "name": name,
+                    "address": link.address,
+                    "weight": link.weight,
+                    "configured_share": link.weight / total_weight,
+                    "effective_weight": self.effective_weight(link, now),
+                    "route_share": self.router.table.share_of(name),
+                    "state": state,
+                    "delivered": link.delivered_messages,
+                    "share": link.delivered_messages / total_delivered,
+                    "in_flight": link.in_flight_messages,
+                    "queued": len(link.queue),
+                    "failures": link.failures,
+                    "last_failure": link.last_failure,
+                }
+            )
+        return {
+            "server_id": self.server_id,
+            "uptime_s": now - self.started_at,
+            "listen": self.listen_address,
+            "analyzers": analyzers,
+            "ingest": {
+                "messages": self.accepted_messages,
+                "batches": self.accepted_batches,
+                "bad_frames": self.bad_frames,
+                "connections": len(self.connections),
+            },
+            "rerouted": self.rerouted_messages,
+            "drops": dict(self.drops),
+            "parked": self.parked_messages,
+            "pending_bytes": self.pending_bytes,
+            "paused": self.paused,
+            "route_table_version": self.router.table.version,
+        }
+
+
+# -- command line ------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``logdist serve``."""
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file (flags below override it)")
+    parser.add_argument("--listen", metavar="HOST:PORT", help="native ingest address (default 127.0.0.1:7400)")
+    parser.add_argument("--admin", metavar="HOST:PORT", help="admin HTTP address for /stats, /healthz, /readyz")
+    parser.add_argument(
+        "--analyzer",
+        action="append",
+        default=[],
+        metavar="NAME=HOST:PORT@WEIGHT",
+        help="an analyzer to deliver to (repeatable); weights are relative",
+    )
+    parser.add_argument("--linger-ms", type=float, help="max time a message waits to fill a batch (default 2)")
+    parser.add_argument("--ack-timeout", type=float, help="seconds of analyzer silence that count as hung (0.75)")
+    parser.add_argument("--slow-start", type=float, help="seconds a recovered analyzer takes to reach its weight (5)")
+    parser.add_argument("--max-pending-mb", type=float, help="memory bound before ingest is paused (default 64)")
+    parser.add_argument("--drain-timeout", type=float, help="seconds to deliver held messages on SIGTERM (10)")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """Merge the config file (if any) and flags into one validated Config."""
+    config = load(args.config) if args.config else Config()
+    if args.listen:
+        config.listen = args.listen
+    if args.admin:
+        config.admin = args.admin
+    if args.analyzer:
+        config.analyzers = [parse_analyzer_flag(text) for text in args.analyzer]
+    if args.linger_ms is not None:
+        config.delivery.linger_ms = args.linger_ms
+    if args.ack_timeout is not None:
+        config.delivery.ack_timeout_s = args.ack_timeout
+    if args.slow_start is not None:
+        config.delivery.slow_start_s = args.slow_start
+    if args.max_pending_mb is not None:
+        config.limits.max_pending_mb = args.max_pending_mb
+    if args.drain_timeout is not None:
+        config.drain_timeout_s = args.drain_timeout
+    return config.validate()
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the distributor until SIGINT/SIGTERM."""
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = build_config(args)
+    except ConfigError as exc:
+        print(f"logdist serve: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if not config.analyzers:
+        print("logdist serve: no analyzers configured (use --analyzer or a config file)", file=sys.stderr)
+        return 2
+    return run(lambda stop: serve(config, stop))
+
+
+async def serve(config: Config, stop: asyncio.Event) -> int:
+    """Start the distributor and its admin API, wait for ``stop``, then drain."""
+    from logdist.control.admin import AdminServer
+
+    distributor = Distributor(config)
+    try:
+        await distributor.start()
+    except OSError as exc:
+        print(f"logdist serve: cannot listen on {config.listen}: {exc.strerror}", file=sys.stderr)
+        return 1
+    admin = None
+    if config.admin:
+        admin = AdminServer(distributor)
+        await admin.start(config.admin)
+    announce("ready", listen=distributor.listen_address, admin=admin.address if admin else None)
+    await stop.wait()
+    log.info("shutting down: draining for up to %.1fs", config.drain_timeout_s)
+    left = await distributor.shutdown(config.drain_timeout_s)
+    if left:
+        log.error("shutdown deadline passed with %d messages undelivered", left)
+    else:
+        log.info("drained: every accepted message was delivered")
+    if admin is not None:
+        await admin.stop()
+    return 0

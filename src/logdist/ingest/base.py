@@ -1,0 +1,28 @@
+"""What every ingest connection offers, and what it needs from the distributor."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from logdist.wire.batch import MessageBlock
+from logdist.wire.errors import ProtocolError
+
+
+class IngestConnection(Protocol):
+    """One emitter connection of any protocol."""
+
+    peer: str
+    conn_id: int
+
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class IngestSink(Protocol):
+    """Where accepted blocks go, and who controls reading (backpressure)."""
+
+    def accept(self, block: MessageBlock) -> None: ...
+    def register(self, conn: IngestConnection) -> None: ...
+    def unregister(self, conn: IngestConnection) -> None: ...
+    def bad_input(self, conn: IngestConnection, error: ProtocolError) -> None: ...
