@@ -119,6 +119,8 @@ class Distributor:
         """Take responsibility for ``block``: route it, or park it while no analyzer is up."""
         self.accepted_messages += block.count
         self.accepted_batches += 1
+        if not block.count:
+            return
         self.pending_bytes += block.nbytes
         self._route(block)
         if self.pending_bytes > self.max_pending and not self.paused:
@@ -127,6 +129,8 @@ class Distributor:
                 conn.pause()
 
     def _route(self, block: MessageBlock) -> None:
+        if not block.count:
+            return
         runs = self.router.assign(block)
         if not runs:
             self.parked.append(block)

@@ -175,4 +175,3 @@ class ControlWordDecoder:
                 events.append(WeightUpdate(weight))
         del buf[:whole]
         return events
-
