@@ -23,6 +23,13 @@ class AnalyzerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     weight: float = 1.0
 
 
+class ListenerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An extra ingest listener: ``kind`` is a protocol (see ``logdist.ingest.listeners.STARTERS``)."""
+
+    kind: str
+    address: str
+
+
 class DeliveryConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """How links batch, pace and watch their analyzers."""
 
@@ -51,6 +58,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     listen: str = "127.0.0.1:7400"
     admin: str | None = "127.0.0.1:7401"
+    listeners: list[ListenerConfig] = []
     analyzers: list[AnalyzerConfig] = []
     delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
@@ -61,6 +69,12 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         _check_address("listen", self.listen)
         if self.admin is not None:
             _check_address("admin", self.admin)
+        from logdist.ingest.listeners import STARTERS
+
+        for i, listener in enumerate(self.listeners):
+            if listener.kind not in STARTERS:
+                raise ConfigError(f"listeners[{i}].kind: unknown kind {listener.kind!r}; known: {sorted(STARTERS)}")
+            _check_address(f"listeners[{i}].address", listener.address)
         seen: set[str] = set()
         for i, analyzer in enumerate(self.analyzers):
             key = f"analyzers[{i}]"
@@ -110,6 +124,14 @@ def parse_analyzer_flag(text: str) -> AnalyzerConfig:
     except ValueError:
         raise ConfigError(f"--analyzer {text!r}: weight {weight_text!r} is not a number") from None
     return AnalyzerConfig(name=name, address=address, weight=weight)
+
+
+def parse_ingest_flag(text: str) -> ListenerConfig:
+    """``KIND=HOST:PORT`` -> ListenerConfig."""
+    kind, sep, address = text.partition("=")
+    if not sep or not kind or not address:
+        raise ConfigError(f"--ingest {text!r}: expected KIND=HOST:PORT, e.g. legacy=127.0.0.1:8080")
+    return ListenerConfig(kind=kind, address=address)
 
 
 def load(path: str | Path) -> Config:

@@ -13,13 +13,13 @@ import time
 from collections import Counter, deque
 from typing import Any
 
-from logdist.config import Config, ConfigError, load, parse_analyzer_flag
+from logdist.config import Config, ConfigError, ListenerConfig, load, parse_analyzer_flag, parse_ingest_flag
 from logdist.delivery.link import AnalyzerLink, LinkState
 from logdist.ingest.base import IngestConnection
-from logdist.ingest.native import NativeIngest
+from logdist.ingest.listeners import STARTERS, Listener
 from logdist.routing.slowstart import SlowStart
 from logdist.routing.table import Router, RouteTable
-from logdist.runtime import announce, parse_hostport, run
+from logdist.runtime import announce, run
 from logdist.wire.batch import MessageBlock
 from logdist.wire.errors import ProtocolError
 
@@ -48,7 +48,7 @@ class Distributor:
         self.bad_frames = 0
         self.drops: Counter[str] = Counter()
         self.listen_address: str | None = None
-        self._server: asyncio.base_events.Server | None = None
+        self.listeners: list[Listener] = []
         self._ramp_task: asyncio.Task[None] | None = None
         self._table_version = 0
         self._idle = asyncio.Event()
@@ -61,14 +61,12 @@ class Distributor:
         """Open the listener and start dialling the analyzers."""
         for analyzer in self.config.analyzers:
             self.add_analyzer(analyzer.name, analyzer.address, analyzer.weight)
-        host, port = parse_hostport(self.config.listen)
-        loop = asyncio.get_running_loop()
         max_frame = int(self.config.limits.max_frame_mb * 1024 * 1024)
-        self._server = await loop.create_server(
-            lambda: NativeIngest(self, self.server_id, max_frame), host, port, reuse_address=True, backlog=1024
-        )
-        sock_host, sock_port = self._server.sockets[0].getsockname()[:2]
-        self.listen_address = f"{sock_host}:{sock_port}"
+        wanted = [ListenerConfig(kind="native", address=self.config.listen), *self.config.listeners]
+        for spec in wanted:
+            listener = await STARTERS[spec.kind](spec.address, self, self.server_id, max_frame)
+            self.listeners.append(listener)
+        self.listen_address = self.listeners[0].address
 
     def add_analyzer(self, name: str, address: str, weight: float) -> AnalyzerLink:
         """Start a link to a new analyzer; it joins the route table once connected."""
@@ -81,8 +79,8 @@ class Distributor:
 
     async def shutdown(self, deadline_s: float) -> int:
         """Stop accepting, deliver what is held for up to ``deadline_s``; return messages left undelivered."""
-        if self._server is not None:
-            self._server.close()
+        for listener in self.listeners:
+            await listener.close()
         for conn in list(self.connections):
             conn.close()
         try:
@@ -261,6 +259,7 @@ class Distributor:
             "server_id": self.server_id,
             "uptime_s": now - self.started_at,
             "listen": self.listen_address,
+            "listeners": {listener.kind: listener.address for listener in self.listeners},
             "analyzers": analyzers,
             "ingest": {
                 "messages": self.accepted_messages,
@@ -286,6 +285,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", metavar="HOST:PORT", help="native ingest address (default 127.0.0.1:7400)")
     parser.add_argument("--admin", metavar="HOST:PORT", help="admin HTTP address for /stats, /healthz, /readyz")
     parser.add_argument(
+        "--ingest",
+        action="append",
+        default=[],
+        metavar="KIND=HOST:PORT",
+        help="an extra ingest listener (repeatable); KIND: legacy (the original emitters' protocol), ...",
+    )
+    parser.add_argument(
         "--analyzer",
         action="append",
         default=[],
@@ -307,6 +313,8 @@ def build_config(args: argparse.Namespace) -> Config:
         config.listen = args.listen
     if args.admin:
         config.admin = args.admin
+    if args.ingest:
+        config.listeners = [parse_ingest_flag(text) for text in args.ingest]
     if args.analyzer:
         config.analyzers = [parse_analyzer_flag(text) for text in args.analyzer]
     if args.linger_ms is not None:
@@ -354,7 +362,12 @@ async def serve(config: Config, stop: asyncio.Event) -> int:
     if config.admin:
         admin = AdminServer(distributor)
         await admin.start(config.admin)
-    announce("ready", listen=distributor.listen_address, admin=admin.address if admin else None)
+    announce(
+        "ready",
+        listen=distributor.listen_address,
+        listeners={listener.kind: listener.address for listener in distributor.listeners},
+        admin=admin.address if admin else None,
+    )
     await stop.wait()
     log.info("shutting down: draining for up to %.1fs", config.drain_timeout_s)
     left = await distributor.shutdown(config.drain_timeout_s)
