@@ -45,7 +45,7 @@ Buffer = bytes | bytearray | memoryview
 class MessageBlock:
     """``count`` messages in columnar form; validated on construction from the wire."""
 
-    __slots__ = ("count", "headers", "bodies", "_array", "_offsets")
+    __slots__ = ("_array", "_offsets", "bodies", "count", "headers")
 
     def __init__(self, count: int, headers: Buffer, bodies: Buffer, array: np.ndarray | None = None) -> None:
         self.count = count
@@ -168,7 +168,7 @@ class MessageBlock:
             attr_end = start + int(row["attr_len"])
             try:
                 attributes = _attr_decoder.decode(bodies[start:attr_end]) if attr_end > start else {}
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter for bad UTF-8
                 raise ProtocolError(ErrorCode.BAD_BATCH, f"message {i}: invalid attributes: {exc}") from None
             yield Message(
                 payload=bytes(bodies[attr_end : int(offsets[i + 1])]),

@@ -27,10 +27,20 @@ def decompress(codec: str, data: bytes, max_size: int) -> bytes:
     """Decompress ``data``; refuse output larger than ``max_size`` (a decompression bomb)."""
     try:
         if codec == "zstd":
-            with zstandard.ZstdDecompressor().stream_reader(data) as reader:
-                out = reader.read(max_size + 1)
+            dctx = zstandard.ZstdDecompressor()
+            size = zstandard.get_frame_parameters(data).content_size
+            if size == zstandard.CONTENTSIZE_UNKNOWN:  # a streamed frame: bound its output first
+                with dctx.stream_reader(data) as reader:
+                    size = len(reader.read(max_size + 1))
+            if size > max_size:
+                raise ProtocolError(ErrorCode.FRAME_TOO_LARGE, f"zstd data decompresses to more than {max_size} bytes")
+            # exactly one whole frame: a truncated frame or bytes after it raise ZstdError
+            out = dctx.decompress(data, max_output_size=max_size, allow_extra_data=False)
         else:
-            out = lz4.frame.LZ4FrameDecompressor().decompress(data, max_length=max_size + 1)
+            decompressor = lz4.frame.LZ4FrameDecompressor()
+            out = decompressor.decompress(data, max_length=max_size + 1)
+            if len(out) <= max_size and (not decompressor.eof or decompressor.unused_data):
+                raise ProtocolError(ErrorCode.BAD_BATCH, "lz4 data is truncated or followed by stray bytes")
     except (zstandard.ZstdError, RuntimeError, ValueError, OSError) as exc:
         raise ProtocolError(ErrorCode.BAD_BATCH, f"{codec} data does not decompress: {exc}") from None
     if len(out) > max_size:

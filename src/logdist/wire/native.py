@@ -159,8 +159,9 @@ def encode_heartbeat(token: int, pong: bool = False) -> bytes:
 
 
 def encode_error(code: ErrorCode, reason: str) -> bytes:
-    """Encode an ERROR frame; the reason is cut to 1000 UTF-8 bytes."""
-    return _frame(FrameType.ERROR, _ERROR_CODE.pack(code) + reason.encode("utf-8", "replace")[:1000])
+    """Encode an ERROR frame; the reason is cut to 1000 UTF-8 bytes (at a character boundary)."""
+    text = reason.encode("utf-8", "replace")[:1000].decode("utf-8", "ignore").encode("utf-8")
+    return _frame(FrameType.ERROR, _ERROR_CODE.pack(code) + text)
 
 
 class FrameDecoder:
@@ -170,7 +171,7 @@ class FrameDecoder:
     reports the error and closes the connection.
     """
 
-    __slots__ = ("_buf", "max_frame", "_failed")
+    __slots__ = ("_buf", "_failed", "max_frame")
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self._buf = bytearray()
@@ -246,7 +247,7 @@ def _decode_body(frame_type: int, body: bytes, max_frame: int) -> Event:
     if frame_type == FrameType.HELLO:
         try:
             hello = _hello_decoder.decode(body)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:  # bad UTF-8, deep nesting
             raise ProtocolError(ErrorCode.BAD_HANDSHAKE, f"invalid HELLO: {exc}") from None
         if hello.role not in ROLES:
             raise ProtocolError(ErrorCode.BAD_HANDSHAKE, f"invalid HELLO: unknown role {hello.role!r}")
@@ -254,7 +255,7 @@ def _decode_body(frame_type: int, body: bytes, max_frame: int) -> Event:
     if frame_type == FrameType.WELCOME:
         try:
             return _welcome_decoder.decode(body)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise ProtocolError(ErrorCode.BAD_HANDSHAKE, f"invalid WELCOME: {exc}") from None
     if frame_type == FrameType.ERROR:
         if len(body) < _ERROR_CODE.size:
