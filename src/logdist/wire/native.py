@@ -171,30 +171,43 @@ class FrameDecoder:
     reports the error and closes the connection.
     """
 
-    __slots__ = ("_buf", "_failed", "max_frame")
+    __slots__ = ("_chunks", "_failed", "_need", "_size", "max_frame")
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
-        self._buf = bytearray()
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._need = _FRAME_HEADER.size  # bytes needed before the next frame can be decoded
         self.max_frame = max_frame
         self._failed = False
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet decoded into an event."""
-        return len(self._buf)
+        return self._size
 
     def feed(self, data: bytes) -> list[Event]:
-        """Add ``data`` and return every event it completes, in order."""
+        """Add ``data`` and return every event it completes, in order.
+
+        Received chunks are kept as they are until a frame is complete, then joined once; frame bodies
+        are zero-copy views of that buffer.
+        """
         if self._failed:
             raise ProtocolError(ErrorCode.BAD_FRAME, "decoder already failed; the stream cannot resume")
-        buf = self._buf
-        buf += data
+        if not data:
+            return []
+        self._chunks.append(data if type(data) is bytes else bytes(data))
+        self._size += len(data)
+        if self._size < self._need:
+            return []
+        chunks = self._chunks
+        buf = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        view = memoryview(buf)
         events: list[Event] = []
         pos = 0
         end = len(buf)
-        header_size = _FRAME_HEADER.size
+        need = _FRAME_HEADER.size
         try:
-            while end - pos >= header_size:
+            while end - pos >= need:
                 size, frame_type = _FRAME_HEADER.unpack_from(buf, pos)
                 if size < 1:
                     raise ProtocolError(ErrorCode.BAD_FRAME, f"frame length {size} is below the minimum of 1")
@@ -204,16 +217,18 @@ class FrameDecoder:
                         ErrorCode.FRAME_TOO_LARGE, f"frame of {size} bytes exceeds the limit of {limit} bytes"
                     )
                 if end - pos < 4 + size:
+                    need = 4 + size
                     break
-                body = bytes(buf[pos + header_size : pos + 4 + size])
+                body = view[pos + _FRAME_HEADER.size : pos + 4 + size]
                 pos += 4 + size
                 events.append(_decode_body(frame_type, body, self.max_frame))
         except ProtocolError:
             self._failed = True
             raise
-        finally:
-            if pos:
-                del buf[:pos]
+        rest = buf[pos:] if pos else buf
+        self._chunks = [rest] if rest else []
+        self._size = len(rest)
+        self._need = need
         return events
 
 
@@ -226,7 +241,7 @@ def decode_frames(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> list[Event
     return events
 
 
-def _decode_body(frame_type: int, body: bytes, max_frame: int) -> Event:
+def _decode_body(frame_type: int, body: memoryview, max_frame: int) -> Event:
     if frame_type == FrameType.BATCH:
         return _decode_batch(body, max_frame)
     if frame_type == FrameType.ACK:
@@ -265,11 +280,11 @@ def _decode_body(frame_type: int, body: bytes, max_frame: int) -> Event:
             error_code = ErrorCode(code)
         except ValueError:
             error_code = ErrorCode.UNKNOWN
-        return Error(error_code, body[_ERROR_CODE.size :].decode("utf-8", "replace"))
+        return Error(error_code, bytes(body[_ERROR_CODE.size :]).decode("utf-8", "replace"))
     raise ProtocolError(ErrorCode.BAD_FRAME, f"unknown frame type {frame_type}")
 
 
-def _decode_batch(body: bytes, max_frame: int) -> Batch:
+def _decode_batch(body: memoryview, max_frame: int) -> Batch:
     if len(body) < _BATCH_HEADER.size:
         raise ProtocolError(ErrorCode.BAD_BATCH, f"BATCH body of {len(body)} bytes is shorter than its header")
     seq, count, codec_id = _BATCH_HEADER.unpack_from(body)
