@@ -153,13 +153,14 @@ class Distributor:
 
     # -- delivery side (LinkOwner) -----------------------------------------------------------------
 
-    def delivered(self, link: AnalyzerLink, block: MessageBlock) -> None:
-        self._release(block.nbytes)
+    def delivered(self, link: AnalyzerLink, parts: list[MessageBlock]) -> None:
+        self._release(sum(part.nbytes for part in parts))
 
-    def rejected(self, link: AnalyzerLink, block: MessageBlock) -> None:
-        self.drops["rejected_by_analyzer"] += block.count
-        log.error("analyzer %s rejected a batch of %d messages; counted as dropped", link.name, block.count)
-        self._release(block.nbytes)
+    def rejected(self, link: AnalyzerLink, parts: list[MessageBlock]) -> None:
+        count = sum(part.count for part in parts)
+        self.drops["rejected_by_analyzer"] += count
+        log.error("analyzer %s rejected a batch of %d messages; counted as dropped", link.name, count)
+        self._release(sum(part.nbytes for part in parts))
 
     def link_up(self, link: AnalyzerLink) -> None:
         log.info("analyzer %s (%s) up", link.name, link.address)

@@ -42,7 +42,8 @@ def test_coalescer_joins_blocks_and_cuts_at_max_messages_in_order() -> None:
         queue.add(_block(first, 5))
     assert len(queue) == 20
     sizes, seqs = [], []
-    while (batch := queue.take()) is not None:
+    while parts := queue.take():
+        batch = MessageBlock.concat(parts)
         sizes.append(batch.count)
         seqs.extend(batch.array["seq"].tolist())
     assert sizes == [7, 7, 6]
@@ -54,7 +55,7 @@ def test_coalescer_push_front_goes_out_first_and_drain_empties() -> None:
     queue = Coalescer(max_messages=100)
     queue.add(_block(10, 3))
     queue.push_front(_block(0, 2))
-    assert queue.take().array["seq"].tolist() == [0, 1, 10, 11, 12]
+    assert MessageBlock.concat(queue.take()).array["seq"].tolist() == [0, 1, 10, 11, 12]
     queue.add(_block(0, 4))
     assert [b.count for b in queue.drain()] == [4]
-    assert queue.take() is None
+    assert queue.take() == []

@@ -8,7 +8,7 @@ from logdist.wire.batch import MessageBlock
 
 
 class Coalescer:
-    """A FIFO of blocks; ``take`` returns up to ``max_messages`` of them joined into one block."""
+    """A FIFO of blocks; ``take`` returns the blocks holding the next ``max_messages`` messages at most."""
 
     def __init__(self, max_messages: int) -> None:
         self.max_messages = max_messages
@@ -33,11 +33,9 @@ class Coalescer:
             self.messages += block.count
             self.nbytes += block.nbytes
 
-    def take(self) -> MessageBlock | None:
-        """Up to ``max_messages`` queued messages as one block, in order; None when empty."""
+    def take(self) -> list[MessageBlock]:
+        """Up to ``max_messages`` queued messages, in order, as the blocks that hold them ([] when empty)."""
         blocks = self._blocks
-        if not blocks:
-            return None
         parts: list[MessageBlock] = []
         room = self.max_messages
         while blocks and room:
@@ -49,10 +47,9 @@ class Coalescer:
                 parts.append(block.slice(0, room))
                 blocks[0] = block.slice(room, block.count)
                 room = 0
-        out = MessageBlock.concat(parts)
-        self.messages -= out.count
-        self.nbytes -= out.nbytes
-        return out
+        self.messages -= self.max_messages - room
+        self.nbytes -= sum(part.nbytes for part in parts)
+        return parts
 
     def drain(self) -> list[MessageBlock]:
         """Remove and return every queued block."""

@@ -25,7 +25,7 @@ from logdist.wire.native import (
     Role,
     Welcome,
     encode_batch,
-    encode_batch_parts,
+    encode_batch_blocks,
     encode_error,
     encode_heartbeat,
     encode_hello,
@@ -48,8 +48,8 @@ class LinkOwner(Protocol):
 
     def link_up(self, link: AnalyzerLink) -> None: ...
     def link_down(self, link: AnalyzerLink, orphans: list[MessageBlock]) -> None: ...
-    def delivered(self, link: AnalyzerLink, block: MessageBlock) -> None: ...
-    def rejected(self, link: AnalyzerLink, block: MessageBlock) -> None: ...
+    def delivered(self, link: AnalyzerLink, parts: list[MessageBlock]) -> None: ...
+    def rejected(self, link: AnalyzerLink, parts: list[MessageBlock]) -> None: ...
 
 
 class AnalyzerLink(asyncio.Protocol):
@@ -70,7 +70,7 @@ class AnalyzerLink(asyncio.Protocol):
         self.owner = owner
         self.state = LinkState.DOWN
         self.queue = Coalescer(config.max_batch_messages)
-        self.in_flight: dict[int, MessageBlock] = {}
+        self.in_flight: dict[int, list[MessageBlock]] = {}
         self.in_flight_messages = 0
         self.delivered_messages = 0
         self.delivered_batches = 0
@@ -246,35 +246,36 @@ class AnalyzerLink(asyncio.Protocol):
             return
         window = self.config.window
         while self.queue.messages and len(self.in_flight) < window and self._writable:
-            block = self.queue.take()
-            assert block is not None
+            parts = self.queue.take()
             self._seq += 1
             seq = self._seq
-            self.in_flight[seq] = block
+            self.in_flight[seq] = parts
             self._sent_at[seq] = time.monotonic()
-            self.in_flight_messages += block.count
+            self.in_flight_messages += sum(part.count for part in parts)
             if self._codec is None:
-                transport.writelines(encode_batch_parts(seq, block.count, block.headers, block.bodies))
+                transport.writelines(encode_batch_blocks(seq, parts))
             else:
-                transport.write(encode_batch(seq, block, self._codec))
+                transport.write(encode_batch(seq, MessageBlock.concat(parts), self._codec))
         if self._linger is not None and not self.queue.messages:
             self._linger.cancel()
             self._linger = None
 
     def _on_ack(self, ack: Ack) -> None:
-        block = self.in_flight.pop(ack.seq, None)
-        if block is None:
+        parts = self.in_flight.pop(ack.seq, None)
+        if parts is None:
             return  # a late ack for a batch already rerouted
         self._sent_at.pop(ack.seq, None)
-        self.in_flight_messages -= block.count
+        count = sum(part.count for part in parts)
+        self.in_flight_messages -= count
         if ack.status == AckStatus.OK:
-            self.delivered_messages += block.count
+            self.delivered_messages += count
             self.delivered_batches += 1
-            self.owner.delivered(self, block)
+            self.owner.delivered(self, parts)
         elif ack.status == AckStatus.RETRY:
-            self.queue.push_front(block)
+            for part in reversed(parts):
+                self.queue.push_front(part)
         else:
-            self.owner.rejected(self, block)
+            self.owner.rejected(self, parts)
 
     # -- failure -----------------------------------------------------------------------------------
 
@@ -302,7 +303,7 @@ class AnalyzerLink(asyncio.Protocol):
             self.owner.link_down(self, self._take_orphans())
 
     def _take_orphans(self) -> list[MessageBlock]:
-        orphans = [self.in_flight[seq] for seq in sorted(self.in_flight)]
+        orphans = [part for seq in sorted(self.in_flight) for part in self.in_flight[seq]]
         self.in_flight.clear()
         self._sent_at.clear()
         self.in_flight_messages = 0

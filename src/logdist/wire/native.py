@@ -8,6 +8,7 @@ raises :class:`ProtocolError` (and nothing else), carrying an error code and a r
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
@@ -146,6 +147,18 @@ def encode_batch_parts(seq: int, count: int, headers: bytes, bodies: bytes) -> l
     head = _BATCH_HEADER.pack(seq, count, 0)
     size = len(head) + len(headers) + len(bodies) + 1
     return [_FRAME_HEADER.pack(size, FrameType.BATCH) + head, headers, bodies]
+
+
+def encode_batch_blocks(seq: int, blocks: Sequence[MessageBlock]) -> list[bytes | memoryview]:
+    """Uncompressed BATCH frame carrying ``blocks`` back to back, as buffers for ``writelines`` (no join)."""
+    count = sum(block.count for block in blocks)
+    size = sum(block.nbytes for block in blocks)
+    head = _BATCH_HEADER.pack(seq, count, 0)
+    return [
+        _FRAME_HEADER.pack(len(head) + size + 1, FrameType.BATCH) + head,
+        *[block.headers for block in blocks],
+        *[block.bodies for block in blocks],
+    ]
 
 
 def encode_ack(seq: int, status: AckStatus = AckStatus.OK) -> bytes:
