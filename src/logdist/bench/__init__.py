@@ -1,0 +1,1 @@
+"""Benchmarks and the demo: logdist roles run as separate processes, measured from outside."""
