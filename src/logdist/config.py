@@ -15,12 +15,22 @@ class ConfigError(ValueError):
     """Invalid configuration; the message names the file, the key and what is wrong."""
 
 
+ANALYZER_KINDS = ("native", "legacy", "lines", "webhook")
+
+
 class AnalyzerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """One analyzer the distributor dials: ``address`` is ``HOST:PORT``."""
+    """One analyzer the distributor delivers to.
+
+    ``kind``: ``native`` (acked batches, the default), ``legacy`` (the original system's analyzer protocol),
+    ``lines`` (NDJSON over TCP, no acks: at-most-once on a crash) or ``webhook`` (HTTP POST of NDJSON).
+    ``address`` is ``HOST:PORT``, or a URL for webhooks.
+    """
 
     name: str
     address: str
     weight: float = 1.0
+    kind: str = "native"
+    content_encoding: str | None = None  # webhook request bodies: "gzip" or "zstd"
 
 
 class ListenerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -57,6 +67,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The whole distributor configuration."""
 
     listen: str = "127.0.0.1:7400"
+    legacy_analyzers: str | None = None  # where the original system's analyzers dial in (HOST:PORT)
     admin: str | None = "127.0.0.1:7401"
     listeners: list[ListenerConfig] = []
     analyzers: list[AnalyzerConfig] = []
@@ -69,6 +80,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         _check_address("listen", self.listen)
         if self.admin is not None:
             _check_address("admin", self.admin)
+        if self.legacy_analyzers is not None:
+            _check_address("legacy_analyzers", self.legacy_analyzers)
         from logdist.ingest.listeners import STARTERS
 
         for i, listener in enumerate(self.listeners):
@@ -83,7 +96,15 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             if analyzer.name in seen:
                 raise ConfigError(f"{key}.name: duplicate analyzer name {analyzer.name!r}")
             seen.add(analyzer.name)
-            _check_address(f"{key}.address", analyzer.address)
+            if analyzer.kind not in ANALYZER_KINDS:
+                raise ConfigError(f"{key}.kind: must be one of {', '.join(ANALYZER_KINDS)}, got {analyzer.kind!r}")
+            if analyzer.kind == "webhook":
+                if not analyzer.address.startswith(("http://", "https://")):
+                    raise ConfigError(f"{key}.address: a webhook needs an http(s):// URL, got {analyzer.address!r}")
+                if analyzer.content_encoding not in (None, "gzip", "zstd"):
+                    raise ConfigError(f"{key}.content_encoding: must be 'gzip' or 'zstd'")
+            else:
+                _check_address(f"{key}.address", analyzer.address)
             if not math.isfinite(analyzer.weight) or analyzer.weight <= 0:
                 raise ConfigError(f"{key}.weight: must be a positive number, got {analyzer.weight}")
         d = self.delivery
@@ -114,16 +135,26 @@ def _check_address(key: str, value: str) -> None:
 
 
 def parse_analyzer_flag(text: str) -> AnalyzerConfig:
-    """``NAME=HOST:PORT@WEIGHT`` (weight defaults to 1) -> AnalyzerConfig."""
+    """``NAME=[KIND://]ADDRESS[@WEIGHT]`` -> AnalyzerConfig.
+
+    KIND is native (default), legacy or lines; an ``http://`` or ``https://`` address is a webhook.
+    """
     name, sep, rest = text.partition("=")
     if not sep or not name:
-        raise ConfigError(f"--analyzer {text!r}: expected NAME=HOST:PORT@WEIGHT")
-    address, _, weight_text = rest.partition("@")
+        raise ConfigError(f"--analyzer {text!r}: expected NAME=[KIND://]HOST:PORT[@WEIGHT]")
+    address, at, weight_text = rest.rpartition("@")
+    if not at:
+        address, weight_text = rest, ""
     try:
         weight = float(weight_text) if weight_text else 1.0
     except ValueError:
         raise ConfigError(f"--analyzer {text!r}: weight {weight_text!r} is not a number") from None
-    return AnalyzerConfig(name=name, address=address, weight=weight)
+    kind = "native"
+    if address.startswith(("http://", "https://")):
+        kind = "webhook"
+    elif "://" in address:
+        kind, _, address = address.partition("://")
+    return AnalyzerConfig(name=name, address=address, weight=weight, kind=kind)
 
 
 def parse_ingest_flag(text: str) -> ListenerConfig:

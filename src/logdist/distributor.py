@@ -13,13 +13,23 @@ import time
 from collections import Counter, deque
 from typing import Any
 
-from logdist.config import Config, ConfigError, ListenerConfig, load, parse_analyzer_flag, parse_ingest_flag
-from logdist.delivery.link import AnalyzerLink, LinkState
+from logdist.config import (
+    AnalyzerConfig,
+    Config,
+    ConfigError,
+    ListenerConfig,
+    load,
+    parse_analyzer_flag,
+    parse_ingest_flag,
+)
+from logdist.delivery.link import LinkCore, LinkState, StreamLink
+from logdist.delivery.webhook import WebhookLink
+from logdist.delivery.wires import LegacyWire, LinesWire, NativeWire
 from logdist.ingest.base import IngestConnection
-from logdist.ingest.listeners import STARTERS, Listener
+from logdist.ingest.listeners import STARTERS, Listener, ServerListener
 from logdist.routing.slowstart import SlowStart
 from logdist.routing.table import Router, RouteTable
-from logdist.runtime import announce, run
+from logdist.runtime import announce, parse_hostport, run
 from logdist.wire.batch import MessageBlock
 from logdist.wire.errors import ProtocolError
 
@@ -34,7 +44,7 @@ class Distributor:
         self.server_id = server_id
         self.router = Router()
         self.slow_start = SlowStart(window_s=config.delivery.slow_start_s)
-        self.links: dict[str, AnalyzerLink] = {}
+        self.links: dict[str, LinkCore] = {}
         self.parked: deque[MessageBlock] = deque()  # accepted while no analyzer was up
         self.parked_messages = 0
         self.pending_bytes = 0  # bytes of accepted, not yet acknowledged messages held in memory
@@ -51,6 +61,7 @@ class Distributor:
         self.listeners: list[Listener] = []
         self._ramp_task: asyncio.Task[None] | None = None
         self._table_version = 0
+        self._dial_ins = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self.started_at = time.monotonic()
@@ -60,22 +71,46 @@ class Distributor:
     async def start(self) -> None:
         """Open the listener and start dialling the analyzers."""
         for analyzer in self.config.analyzers:
-            self.add_analyzer(analyzer.name, analyzer.address, analyzer.weight)
+            self.add_analyzer(analyzer)
         max_frame = int(self.config.limits.max_frame_mb * 1024 * 1024)
         wanted = [ListenerConfig(kind="native", address=self.config.listen), *self.config.listeners]
         for spec in wanted:
             listener = await STARTERS[spec.kind](spec.address, self, self.server_id, max_frame)
             self.listeners.append(listener)
         self.listen_address = self.listeners[0].address
+        if self.config.legacy_analyzers:
+            host, port = parse_hostport(self.config.legacy_analyzers)
+            server = await asyncio.get_running_loop().create_server(
+                self._accept_legacy_analyzer, host, port, reuse_address=True
+            )
+            self.listeners.append(ServerListener("legacy_analyzers", server))
 
-    def add_analyzer(self, name: str, address: str, weight: float) -> AnalyzerLink:
+    def add_analyzer(self, spec: AnalyzerConfig) -> LinkCore:
         """Start a link to a new analyzer; it joins the route table once connected."""
-        if name in self.links:
-            raise ValueError(f"analyzer {name!r} already exists")
-        link = AnalyzerLink(name, address, weight, self.config.delivery, self)
-        self.links[name] = link
+        if spec.name in self.links:
+            raise ValueError(f"analyzer {spec.name!r} already exists")
+        delivery = self.config.delivery
+        link: LinkCore
+        if spec.kind == "webhook":
+            link = WebhookLink(spec.name, spec.address, spec.weight, delivery, self, spec.content_encoding)
+        else:
+            wires = {
+                "native": lambda: NativeWire(self.server_id, delivery.compression),
+                "legacy": LegacyWire,
+                "lines": LinesWire,
+            }
+            link = StreamLink(spec.name, spec.address, spec.weight, delivery, self, wires[spec.kind], kind=spec.kind)
+        self.links[spec.name] = link
         link.start()
         return link
+
+    def _accept_legacy_analyzer(self) -> StreamLink:
+        """A link for an original-system analyzer that dialled in; it joins once it announces its weight."""
+        self._dial_ins += 1
+        name = f"legacy-{self._dial_ins}"
+        return StreamLink(
+            name, "dial-in", 0.0, self.config.delivery, self, lambda: LegacyWire(dial_in=True), "legacy", dial=False
+        )
 
     async def shutdown(self, deadline_s: float) -> int:
         """Stop accepting, deliver what is held for up to ``deadline_s``; return messages left undelivered."""
@@ -153,27 +188,39 @@ class Distributor:
 
     # -- delivery side (LinkOwner) -----------------------------------------------------------------
 
-    def delivered(self, link: AnalyzerLink, parts: list[MessageBlock]) -> None:
+    def delivered(self, link: LinkCore, parts: list[MessageBlock]) -> None:
         self._release(sum(part.nbytes for part in parts))
 
-    def rejected(self, link: AnalyzerLink, parts: list[MessageBlock]) -> None:
+    def rejected(self, link: LinkCore, parts: list[MessageBlock]) -> None:
         count = sum(part.count for part in parts)
         self.drops["rejected_by_analyzer"] += count
         log.error("analyzer %s rejected a batch of %d messages; counted as dropped", link.name, count)
         self._release(sum(part.nbytes for part in parts))
 
-    def link_up(self, link: AnalyzerLink) -> None:
-        log.info("analyzer %s (%s) up", link.name, link.address)
+    def link_up(self, link: LinkCore) -> None:
+        if self.links.get(link.name) is not link:  # a dial-in analyzer announced its weight
+            self.links[link.name] = link
+        log.info("analyzer %s (%s, %s) up with weight %g", link.name, link.kind, link.address, link.weight)
         self.rebuild_table()
         if link.ever_up and self.slow_start.window_s > 0:
             self._ensure_ramp()
         self._unpark()
 
-    def link_down(self, link: AnalyzerLink, orphans: list[MessageBlock]) -> None:
+    def link_down(self, link: LinkCore, orphans: list[MessageBlock]) -> None:
         self.rebuild_table()
         for block in orphans:
             self.rerouted_messages += block.count
             self._route(block)
+
+    def link_gone(self, link: LinkCore) -> None:
+        """A dial-in analyzer disconnected: it leaves for good (its batches were rerouted already)."""
+        if self.links.get(link.name) is link:
+            del self.links[link.name]
+            self.rebuild_table()
+
+    def weight_changed(self, link: LinkCore) -> None:
+        log.info("analyzer %s announced weight %g", link.name, link.weight)
+        self.rebuild_table()
 
     def _unpark(self) -> None:
         if not self.router.table.names:
@@ -185,7 +232,7 @@ class Distributor:
 
     # -- route table -------------------------------------------------------------------------------
 
-    def effective_weight(self, link: AnalyzerLink, now: float) -> float:
+    def effective_weight(self, link: LinkCore, now: float) -> float:
         """Configured weight, ramped by slow start after a recovery; 0 while not up."""
         if link.state != LinkState.UP or link.up_since is None:
             return 0.0
@@ -218,7 +265,7 @@ class Distributor:
                 self.rebuild_table()
                 return
 
-    def in_slow_start(self, link: AnalyzerLink, now: float) -> bool:
+    def in_slow_start(self, link: LinkCore, now: float) -> bool:
         """Whether ``link`` is still ramping up after a recovery."""
         return (
             link.state == LinkState.UP
@@ -243,6 +290,7 @@ class Distributor:
                 {
                     "name": name,
                     "address": link.address,
+                    "kind": link.kind,
                     "weight": link.weight,
                     "configured_share": link.weight / total_weight,
                     "effective_weight": self.effective_weight(link, now),
@@ -296,8 +344,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--analyzer",
         action="append",
         default=[],
-        metavar="NAME=HOST:PORT@WEIGHT",
-        help="an analyzer to deliver to (repeatable); weights are relative",
+        metavar="NAME=[KIND://]ADDRESS@WEIGHT",
+        help="an analyzer to deliver to (repeatable); weights are relative; KIND: native (default), legacy, "
+        "lines; an http:// URL is a webhook",
+    )
+    parser.add_argument(
+        "--legacy-analyzers",
+        metavar="HOST:PORT",
+        help="accept the original system's analyzers here (they dial in and announce a float32 weight)",
     )
     parser.add_argument("--linger-ms", type=float, help="max time a message waits to fill a batch (default 2)")
     parser.add_argument("--ack-timeout", type=float, help="seconds of analyzer silence that count as hung (0.75)")
@@ -314,6 +368,8 @@ def build_config(args: argparse.Namespace) -> Config:
         config.listen = args.listen
     if args.admin:
         config.admin = args.admin
+    if args.legacy_analyzers:
+        config.legacy_analyzers = args.legacy_analyzers
     if args.ingest:
         config.listeners = [parse_ingest_flag(text) for text in args.ingest]
     if args.analyzer:
@@ -343,7 +399,7 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"logdist serve: configuration error: {exc}", file=sys.stderr)
         return 2
-    if not config.analyzers:
+    if not config.analyzers and not config.legacy_analyzers:
         print("logdist serve: no analyzers configured (use --analyzer or a config file)", file=sys.stderr)
         return 2
     return run(lambda stop: serve(config, stop))

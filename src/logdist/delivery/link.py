@@ -1,35 +1,28 @@
-"""One link per analyzer: batching with linger, an in-flight window, acks, failure detection, reconnects."""
+"""Links to analyzers: batching with linger, an in-flight window, acks, failure detection, reconnects.
+
+``LinkCore`` is the bookkeeping every analyzer kind shares (queue, window, acks, orphans on failure).
+``StreamLink`` carries it over one TCP connection speaking a :mod:`logdist.delivery.wires` protocol, either
+dialling the analyzer (reconnecting with jittered exponential backoff) or on a connection the analyzer
+opened (the original system's dial-in analyzers).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Protocol
 
 from logdist.config import DeliveryConfig
 from logdist.delivery.backoff import Backoff
 from logdist.delivery.coalescer import Coalescer
+from logdist.delivery.wires import Acked, Alive, LinkWire, Ready, Reply, WeightChanged
 from logdist.runtime import parse_hostport
 from logdist.wire.batch import MessageBlock
-from logdist.wire.compression import SUPPORTED
 from logdist.wire.errors import ProtocolError
-from logdist.wire.native import (
-    Ack,
-    AckStatus,
-    Error,
-    FrameDecoder,
-    Heartbeat,
-    Hello,
-    Role,
-    Welcome,
-    encode_batch,
-    encode_batch_blocks,
-    encode_error,
-    encode_heartbeat,
-    encode_hello,
-)
+from logdist.wire.native import AckStatus
 
 log = logging.getLogger("logdist.link")
 
@@ -46,25 +39,22 @@ class LinkState(StrEnum):
 class LinkOwner(Protocol):
     """What a link tells the distributor."""
 
-    def link_up(self, link: AnalyzerLink) -> None: ...
-    def link_down(self, link: AnalyzerLink, orphans: list[MessageBlock]) -> None: ...
-    def delivered(self, link: AnalyzerLink, parts: list[MessageBlock]) -> None: ...
-    def rejected(self, link: AnalyzerLink, parts: list[MessageBlock]) -> None: ...
+    def link_up(self, link: LinkCore) -> None: ...
+    def link_down(self, link: LinkCore, orphans: list[MessageBlock]) -> None: ...
+    def link_gone(self, link: LinkCore) -> None: ...
+    def weight_changed(self, link: LinkCore) -> None: ...
+    def delivered(self, link: LinkCore, parts: list[MessageBlock]) -> None: ...
+    def rejected(self, link: LinkCore, parts: list[MessageBlock]) -> None: ...
 
 
-class AnalyzerLink(asyncio.Protocol):
-    """Delivers blocks to one analyzer over the native protocol.
+class LinkCore:
+    """Queue, in-flight window and outcomes of the batches sent to one analyzer."""
 
-    Messages wait in a coalescer; a batch leaves when ``max_batch_messages`` are queued or after the
-    linger, while fewer than ``window`` batches await their ack. Connection loss, an error frame or
-    silence past ``ack_timeout_s`` with work outstanding fails the link: every unacked and queued block
-    goes back to the owner for rerouting, and reconnects start with jittered exponential backoff.
-    """
+    kind = "native"
 
     def __init__(self, name: str, address: str, weight: float, config: DeliveryConfig, owner: LinkOwner) -> None:
         self.name = name
         self.address = address
-        self.host, self.port = parse_hostport(address)
         self.weight = weight
         self.config = config
         self.owner = owner
@@ -79,154 +69,31 @@ class AnalyzerLink(asyncio.Protocol):
         self.up_since: float | None = None
         self.ever_up = False
         self._sent_at: dict[int, float] = {}
-        self._transport: asyncio.Transport | None = None
-        self._decoder = FrameDecoder()
         self._seq = 0
-        self._codec: str | None = None
-        self._welcomed: asyncio.Future[Welcome] | None = None
         self._linger: asyncio.TimerHandle | None = None
-        self._last_rx = 0.0
-        self._ping_token = 0
-        self._backoff = Backoff(config.backoff_initial_s, config.backoff_max_s)
-        self._runner: asyncio.Task[None] | None = None
-        self._lost: asyncio.Event = asyncio.Event()
-        self._writable = True
-
-    # -- lifecycle ---------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Begin connecting (and reconnecting) in the background."""
-        if self._runner is None:
-            self._runner = asyncio.get_running_loop().create_task(self._run(), name=f"link-{self.name}")
-
-    async def close(self) -> list[MessageBlock]:
-        """Stop for good; return whatever was not acknowledged."""
-        self.state = LinkState.CLOSED
-        if self._runner is not None:
-            self._runner.cancel()
-            try:
-                await self._runner
-            except asyncio.CancelledError:
-                pass
-        if self._transport is not None:
-            self._transport.abort()
-        return self._take_orphans()
 
     @property
     def outstanding(self) -> int:
         """Messages queued or in flight."""
         return len(self.queue) + self.in_flight_messages
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self.state != LinkState.CLOSED:
-            self.state = LinkState.CONNECTING
-            try:
-                await asyncio.wait_for(self._connect(loop), self.config.connect_timeout_s)
-            except (TimeoutError, OSError, ProtocolError, ConnectionError) as exc:
-                reason = f"connect failed: {exc!r}"
-                if self._transport is not None:
-                    self._transport.abort()
-                self._mark_down(reason)
-                await asyncio.sleep(self._backoff.next())
-                continue
-            self._backoff.reset()
-            self.state = LinkState.UP
-            self.up_since = time.monotonic()
-            self._last_rx = self.up_since
-            self.owner.link_up(self)
-            self.ever_up = True
-            self._flush()
-            await self._watch()
-            if self.state == LinkState.CLOSED:
-                return
-            await asyncio.sleep(self._backoff.next())
+    @property
+    def oldest_in_flight_age(self) -> float:
+        """Seconds since the oldest unacked batch left (0 when none)."""
+        if not self._sent_at:
+            return 0.0
+        return time.monotonic() - next(iter(self._sent_at.values()))
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._lost = asyncio.Event()
-        self._decoder = FrameDecoder()
-        self._welcomed = loop.create_future()
-        transport, _ = await loop.create_connection(lambda: self, self.host, self.port)
-        self._transport = transport
-        offered = [self.config.compression] if self.config.compression in SUPPORTED else []
-        self._transport.write(encode_hello(Hello(role=Role.DISTRIBUTOR, client_id="logdist", compression=offered)))
-        welcome = await self._welcomed
-        self._codec = welcome.compression if welcome.compression in offered else None
+    def start(self) -> None:
+        """Begin delivering (connect in the background where the link dials)."""
 
-    async def _watch(self) -> None:
-        """Ping when idle; fail the link when the analyzer stays silent with work outstanding."""
-        cfg = self.config
-        tick = min(cfg.heartbeat_interval_s, cfg.ack_timeout_s / 4) or 0.05
-        while self.state == LinkState.UP:
-            try:
-                await asyncio.wait_for(self._lost.wait(), tick)
-            except TimeoutError:
-                pass
-            if self.state != LinkState.UP:
-                return
-            silent = time.monotonic() - self._last_rx
-            if silent > cfg.ack_timeout_s and (self.in_flight or self._ping_token):
-                self._fail(f"analyzer silent for {silent:.2f}s with work outstanding (hung?)")
-                return
-            if silent > cfg.heartbeat_interval_s and self._transport is not None and not self._ping_token:
-                self._ping_token = int(time.monotonic_ns() & 0xFFFFFFFF) or 1
-                self._transport.write(encode_heartbeat(self._ping_token))
-
-    # -- asyncio.Protocol --------------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport
-        self._writable = True
-        transport.set_write_buffer_limits(high=8 * 1024 * 1024)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
-        if self._welcomed is not None and not self._welcomed.done():
-            self._welcomed.set_exception(ConnectionError(f"connection closed before WELCOME: {exc!r}"))
-        if self.state == LinkState.UP:
-            self._fail(f"connection lost: {exc!r}" if exc else "connection closed by analyzer")
-        self._lost.set()
-
-    def pause_writing(self) -> None:
-        self._writable = False
-
-    def resume_writing(self) -> None:
-        self._writable = True
-        self._flush()
-
-    def data_received(self, data: bytes) -> None:
-        self._last_rx = time.monotonic()
-        try:
-            events = self._decoder.feed(data)
-        except ProtocolError as exc:
-            if self._transport is not None:
-                self._transport.write(encode_error(exc.code, exc.reason))
-            self._fail(f"protocol error from analyzer: {exc}")
-            return
-        for event in events:
-            if isinstance(event, Ack):
-                self._on_ack(event)
-            elif isinstance(event, Heartbeat):
-                if event.pong:
-                    self._ping_token = 0
-                elif self._transport is not None:
-                    self._transport.write(encode_heartbeat(event.token, pong=True))
-            elif isinstance(event, Welcome):
-                if self._welcomed is not None and not self._welcomed.done():
-                    self._welcomed.set_result(event)
-            elif isinstance(event, Error):
-                self._fail(f"analyzer reported {event.code.name}: {event.reason}")
-                return
-            else:
-                self._fail(f"unexpected {type(event).__name__} frame from analyzer")
-                return
-        if self.queue.messages:
-            self._flush()
-
-    # -- delivery ----------------------------------------------------------------------------------
+    async def close(self) -> list[MessageBlock]:
+        """Stop for good; return whatever was not acknowledged."""
+        self.state = LinkState.CLOSED
+        return self._take_orphans()
 
     def enqueue(self, block: MessageBlock) -> None:
-        """Queue ``block`` for this analyzer; it leaves when a batch fills or the linger expires."""
+        """Queue ``block``; it leaves when a batch fills or the linger expires."""
         self.queue.add(block)
         if self.state != LinkState.UP:
             return
@@ -239,59 +106,56 @@ class AnalyzerLink(asyncio.Protocol):
         self._linger = None
         self._flush()
 
+    def _can_send(self) -> bool:
+        return self.state == LinkState.UP
+
+    def _send(self, seq: int, parts: list[MessageBlock]) -> None:
+        raise NotImplementedError
+
     def _flush(self) -> None:
-        """Send queued messages while the window and the socket allow."""
-        transport = self._transport
-        if self.state != LinkState.UP or transport is None:
-            return
+        """Send queued messages while the window and the transport allow."""
         window = self.config.window
-        while self.queue.messages and len(self.in_flight) < window and self._writable:
+        while self.queue.messages and len(self.in_flight) < window and self._can_send():
             parts = self.queue.take()
             self._seq += 1
             seq = self._seq
             self.in_flight[seq] = parts
             self._sent_at[seq] = time.monotonic()
             self.in_flight_messages += sum(part.count for part in parts)
-            if self._codec is None:
-                transport.writelines(encode_batch_blocks(seq, parts))
-            else:
-                transport.write(encode_batch(seq, MessageBlock.concat(parts), self._codec))
+            self._send(seq, parts)
         if self._linger is not None and not self.queue.messages:
             self._linger.cancel()
             self._linger = None
 
-    def _on_ack(self, ack: Ack) -> None:
-        parts = self.in_flight.pop(ack.seq, None)
+    def _outcome(self, seq: int, status: AckStatus) -> None:
+        parts = self.in_flight.pop(seq, None)
         if parts is None:
             return  # a late ack for a batch already rerouted
-        self._sent_at.pop(ack.seq, None)
+        self._sent_at.pop(seq, None)
         count = sum(part.count for part in parts)
         self.in_flight_messages -= count
-        if ack.status == AckStatus.OK:
+        if status == AckStatus.OK:
             self.delivered_messages += count
             self.delivered_batches += 1
             self.owner.delivered(self, parts)
-        elif ack.status == AckStatus.RETRY:
+        elif status == AckStatus.RETRY:
             for part in reversed(parts):
                 self.queue.push_front(part)
         else:
             self.owner.rejected(self, parts)
 
-    # -- failure -----------------------------------------------------------------------------------
-
-    def _fail(self, reason: str) -> None:
-        if self.state != LinkState.UP:
-            return
-        if self._transport is not None:
-            self._transport.abort()
-        self._mark_down(reason)
-        self._lost.set()
+    def _became_up(self) -> None:
+        self.state = LinkState.UP
+        self.up_since = time.monotonic()
+        self.owner.link_up(self)
+        self.ever_up = True
+        self._flush()
 
     def _mark_down(self, reason: str) -> None:
         was_up = self.state == LinkState.UP
-        self.state = LinkState.DOWN
+        if self.state != LinkState.CLOSED:
+            self.state = LinkState.DOWN
         self.up_since = None
-        self._ping_token = 0
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
@@ -310,10 +174,199 @@ class AnalyzerLink(asyncio.Protocol):
         orphans.extend(self.queue.drain())
         return orphans
 
-    @property
-    def oldest_in_flight_age(self) -> float:
-        """Seconds since the oldest unacked batch left (0 when none)."""
-        if not self._sent_at:
-            return 0.0
-        return time.monotonic() - next(iter(self._sent_at.values()))
 
+class StreamLink(LinkCore, asyncio.Protocol):
+    """A link over one TCP connection, speaking the protocol of ``wire_factory``'s wires.
+
+    Connection loss, a protocol error, or silence past ``ack_timeout_s`` while a batch or a ping is
+    outstanding fails the link: every unacked and queued block goes back to the owner for rerouting.
+    A dialling link then reconnects with jittered exponential backoff; an accepted (dial-in) link is gone.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        weight: float,
+        config: DeliveryConfig,
+        owner: LinkOwner,
+        wire_factory: Callable[[], LinkWire],
+        kind: str = "native",
+        dial: bool = True,
+    ) -> None:
+        super().__init__(name, address, weight, config, owner)
+        self.kind = kind
+        self.dial = dial
+        self._wire_factory = wire_factory
+        self._wire: LinkWire = wire_factory()
+        self._transport: asyncio.Transport | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._last_rx = 0.0
+        self._ping_token = 0
+        self._backoff = Backoff(config.backoff_initial_s, config.backoff_max_s)
+        self._runner: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()
+        self._writable = True
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._runner is None:
+            run = self._run_dialling() if self.dial else self._watch()
+            self._runner = asyncio.get_running_loop().create_task(run, name=f"link-{self.name}")
+
+    async def close(self) -> list[MessageBlock]:
+        self.state = LinkState.CLOSED
+        if self._runner is not None:
+            self._runner.cancel()
+            try:
+                await self._runner
+            except asyncio.CancelledError:
+                pass
+        if self._transport is not None:
+            self._transport.abort()
+        return self._take_orphans()
+
+    async def _run_dialling(self) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = parse_hostport(self.address)
+        while self.state != LinkState.CLOSED:
+            self.state = LinkState.CONNECTING
+            try:
+                await asyncio.wait_for(self._connect(loop, host, port), self.config.connect_timeout_s)
+            except (TimeoutError, OSError, ProtocolError, ConnectionError) as exc:
+                if self._transport is not None:
+                    self._transport.abort()
+                self._mark_down(f"connect failed: {exc!r}")
+                await asyncio.sleep(self._backoff.next())
+                continue
+            self._backoff.reset()
+            self._became_up()
+            await self._watch()
+            if self.state == LinkState.CLOSED:
+                return
+            await asyncio.sleep(self._backoff.next())
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:
+        self._lost = asyncio.Event()
+        self._wire = self._wire_factory()
+        self._ready = loop.create_future()
+        transport, _ = await loop.create_connection(lambda: self, host, port)
+        self._transport = transport
+        hello = self._wire.hello()
+        if hello is None:
+            self._ready.set_result(None)
+        else:
+            transport.write(hello)
+        await self._ready
+
+    def _became_up(self) -> None:
+        self._last_rx = time.monotonic()
+        super()._became_up()
+
+    async def _watch(self) -> None:
+        """Ping when idle; fail the link when the analyzer stays silent with work outstanding."""
+        cfg = self.config
+        tick = min(cfg.heartbeat_interval_s, cfg.ack_timeout_s / 4) or 0.05
+        while self.state in (LinkState.UP, LinkState.CONNECTING):
+            try:
+                await asyncio.wait_for(self._lost.wait(), tick)
+            except TimeoutError:
+                pass
+            if self.state != LinkState.UP:
+                if self._lost.is_set() or self.state == LinkState.CLOSED:
+                    return
+                continue  # a dial-in link waiting for its weight
+            silent = time.monotonic() - self._last_rx
+            if silent > cfg.ack_timeout_s and (self.in_flight or self._ping_token):
+                self._fail(f"analyzer silent for {silent:.2f}s with work outstanding (hung?)")
+                return
+            if silent > cfg.heartbeat_interval_s and self._transport is not None and not self._ping_token:
+                token = int(time.monotonic_ns() & 0xFFFFFFFF) or 1
+                ping = self._wire.ping(token)
+                if ping is not None:
+                    self._ping_token = token
+                    self._transport.write(ping)
+
+    # -- asyncio.Protocol --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._writable = True
+        self._last_rx = time.monotonic()
+        transport.set_write_buffer_limits(high=8 * 1024 * 1024)  # type: ignore[attr-defined]
+        if not self.dial:
+            self.state = LinkState.CONNECTING
+            hello = self._wire.hello()
+            if hello is not None:
+                transport.write(hello)  # type: ignore[attr-defined]
+            self.start()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(ConnectionError(f"connection closed during the handshake: {exc!r}"))
+        if self.state == LinkState.UP:
+            self._fail(f"connection lost: {exc!r}" if exc else "connection closed by analyzer")
+        self._lost.set()
+        if not self.dial:
+            self.state = LinkState.CLOSED
+            self.owner.link_gone(self)
+
+    def pause_writing(self) -> None:
+        self._writable = False
+
+    def resume_writing(self) -> None:
+        self._writable = True
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_rx = time.monotonic()
+        try:
+            events = self._wire.feed(data)
+        except ProtocolError as exc:
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_exception(exc)
+            self._fail(f"protocol error: {exc}")
+            if self._transport is not None:
+                self._transport.abort()
+            return
+        for event in events:
+            if isinstance(event, Acked):
+                self._outcome(event.seq, event.status)
+            elif isinstance(event, Reply):
+                if self._transport is not None:
+                    self._transport.write(event.data)
+            elif isinstance(event, Alive):
+                self._ping_token = 0
+            elif isinstance(event, Ready):
+                if self.dial:
+                    if self._ready is not None and not self._ready.done():
+                        self._ready.set_result(None)
+                else:
+                    self._became_up()
+            elif isinstance(event, WeightChanged):
+                self.weight = event.weight
+                if self.state == LinkState.UP:
+                    self.owner.weight_changed(self)
+        if self.queue.messages:
+            self._flush()
+
+    # -- delivery ----------------------------------------------------------------------------------
+
+    def _can_send(self) -> bool:
+        return self.state == LinkState.UP and self._transport is not None and self._writable
+
+    def _send(self, seq: int, parts: list[MessageBlock]) -> None:
+        assert self._transport is not None
+        self._transport.writelines(self._wire.encode(seq, parts))
+        if not self._wire.acks:
+            self._outcome(seq, AckStatus.OK)  # at-most-once: written is as good as it gets
+
+    def _fail(self, reason: str) -> None:
+        if self.state != LinkState.UP:
+            return
+        if self._transport is not None:
+            self._transport.abort()
+        self._mark_down(reason)
+        self._lost.set()
