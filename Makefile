@@ -16,11 +16,11 @@ demo: $(STAMP)
 	$(BIN)/logdist demo
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests examples
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests examples
 	$(BIN)/ruff format --check src tests
 
 bench: $(STAMP)

@@ -45,8 +45,14 @@ class LogdistProcess:
     (other stdout lines in :attr:`stdout_lines`); stderr is drained into a bounded tail for error messages.
     """
 
-    def __init__(self, args: Sequence[str | os.PathLike[str]], *, env: dict[str, str] | None = None) -> None:
-        self.argv = logdist_argv(*args)
+    def __init__(
+        self,
+        args: Sequence[str | os.PathLike[str]],
+        *,
+        env: dict[str, str] | None = None,
+        argv: Sequence[str] | None = None,
+    ) -> None:
+        self.argv = list(argv) if argv is not None else logdist_argv(*args)
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.popen = subprocess.Popen(
             self.argv,
@@ -257,6 +263,17 @@ def run_logdist(
     finally:
         proc.stop()
     return code, proc
+
+
+def start_example(script: str, *args: str | os.PathLike[str], timeout: float = DEFAULT_TIMEOUT) -> LogdistProcess:
+    """Start ``examples/SCRIPT ARGS`` with this interpreter and wait for its ready line."""
+    proc = LogdistProcess((), argv=[sys.executable, str(ROOT / "examples" / script), *map(str, args)])
+    try:
+        proc.wait_ready(timeout)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
 
 
 class ProcessGroup:
