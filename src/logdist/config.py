@@ -69,6 +69,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     listen: str = "127.0.0.1:7400"
     legacy_analyzers: str | None = None  # where the original system's analyzers dial in (HOST:PORT)
     admin: str | None = "127.0.0.1:7401"
+    admin_token: str | None = None  # bearer token for the admin API (health and metrics stay open)
     listeners: list[ListenerConfig] = []
     analyzers: list[AnalyzerConfig] = []
     delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)

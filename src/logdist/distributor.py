@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import signal
 import sys
 import time
 from collections import Counter, deque
@@ -17,6 +19,7 @@ from logdist.config import (
     AnalyzerConfig,
     Config,
     ConfigError,
+    LimitsConfig,
     ListenerConfig,
     load,
     parse_analyzer_flag,
@@ -48,9 +51,11 @@ class Distributor:
         self.parked: deque[MessageBlock] = deque()  # accepted while no analyzer was up
         self.parked_messages = 0
         self.pending_bytes = 0  # bytes of accepted, not yet acknowledged messages held in memory
-        self.max_pending = int(config.limits.max_pending_mb * 1024 * 1024)
-        self.resume_below = int(self.max_pending * config.limits.resume_pending_fraction)
-        self.paused = False
+        self.max_pending = 0
+        self.resume_below = 0
+        self.backpressured = False  # pending_bytes went over the bound
+        self.operator_paused = False  # paused through the admin API
+        self.set_limits(config.limits)
         self.connections: set[IngestConnection] = set()
         self.accepted_messages = 0
         self.accepted_batches = 0
@@ -104,6 +109,54 @@ class Distributor:
         link.start()
         return link
 
+    async def remove_analyzer(self, name: str, drain: bool = True, timeout_s: float = 30.0) -> int:
+        """Take ``name`` out of routing; with ``drain`` let its in-flight and queued batches finish first.
+
+        Whatever is still unacknowledged when it is closed is rerouted to the others. Returns how many
+        messages were rerouted.
+        """
+        link = self.links[name]
+        link.drained = True
+        self.rebuild_table()
+        if drain:
+            deadline = time.monotonic() + timeout_s
+            while link.outstanding and link.state == LinkState.UP and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        orphans = await link.close()
+        del self.links[name]
+        self.rebuild_table()
+        for block in orphans:
+            self.rerouted_messages += block.count
+            self._route(block)
+        log.info("analyzer %s removed (%d messages rerouted)", name, sum(b.count for b in orphans))
+        return sum(b.count for b in orphans)
+
+    def set_limits(self, limits: LimitsConfig) -> None:
+        """Apply new memory bounds now."""
+        self.max_pending = int(limits.max_pending_mb * 1024 * 1024)
+        self.resume_below = int(self.max_pending * limits.resume_pending_fraction)
+        was = self.backpressured
+        self.backpressured = self.pending_bytes > self.max_pending or (was and self.pending_bytes > self.resume_below)
+        if was != self.backpressured:
+            self._apply_reading()
+
+    def drain_analyzer(self, name: str) -> None:
+        """Stop routing new messages to ``name``; what it holds still completes."""
+        self.links[name].drained = True
+        self.rebuild_table()
+
+    def restore_analyzer(self, name: str) -> None:
+        """Route to a drained analyzer again."""
+        self.links[name].drained = False
+        self.rebuild_table()
+
+    def set_weight(self, name: str, weight: float) -> None:
+        """Change an analyzer's configured weight; the new route table applies from the next batch."""
+        if not weight > 0 or weight == float("inf"):
+            raise ValueError(f"weight must be a positive finite number, got {weight}")
+        self.links[name].weight = weight
+        self.rebuild_table()
+
     def _accept_legacy_analyzer(self) -> StreamLink:
         """A link for an original-system analyzer that dialled in; it joins once it announces its weight."""
         self._dial_ins += 1
@@ -136,6 +189,28 @@ class Distributor:
 
     # -- ingest side (IngestSink) ------------------------------------------------------------------
 
+    @property
+    def paused(self) -> bool:
+        """Whether ingest is paused (backpressure or operator)."""
+        return self.backpressured or self.operator_paused
+
+    def _apply_reading(self) -> None:
+        for conn in self.connections:
+            if self.paused:
+                conn.pause()
+            else:
+                conn.resume()
+
+    def pause_ingest(self) -> None:
+        """Operator pause: stop reading from every emitter until resume_ingest()."""
+        self.operator_paused = True
+        self._apply_reading()
+
+    def resume_ingest(self) -> None:
+        """Undo pause_ingest() (backpressure, if any, still applies)."""
+        self.operator_paused = False
+        self._apply_reading()
+
     def register(self, conn: IngestConnection) -> None:
         self.connections.add(conn)
         if self.paused:
@@ -156,10 +231,9 @@ class Distributor:
             return
         self.pending_bytes += block.nbytes
         self._route(block)
-        if self.pending_bytes > self.max_pending and not self.paused:
-            self.paused = True
-            for conn in self.connections:
-                conn.pause()
+        if self.pending_bytes > self.max_pending and not self.backpressured:
+            self.backpressured = True
+            self._apply_reading()
 
     def _route(self, block: MessageBlock) -> None:
         if not block.count:
@@ -175,10 +249,9 @@ class Distributor:
 
     def _release(self, nbytes: int) -> None:
         self.pending_bytes -= nbytes
-        if self.paused and self.pending_bytes <= self.resume_below:
-            self.paused = False
-            for conn in self.connections:
-                conn.resume()
+        if self.backpressured and self.pending_bytes <= self.resume_below:
+            self.backpressured = False
+            self._apply_reading()
         if (
             not self._idle.is_set()
             and not self.parked_messages
@@ -234,7 +307,7 @@ class Distributor:
 
     def effective_weight(self, link: LinkCore, now: float) -> float:
         """Configured weight, ramped by slow start after a recovery; 0 while not up."""
-        if link.state != LinkState.UP or link.up_since is None:
+        if link.state != LinkState.UP or link.up_since is None or link.drained:
             return 0.0
         if link.failures == 0:
             return link.weight
@@ -286,6 +359,8 @@ class Distributor:
             state = link.state.value
             if self.in_slow_start(link, now):
                 state = "slow_start"
+            if link.drained and link.state == LinkState.UP:
+                state = "drained"
             analyzers.append(
                 {
                     "name": name,
@@ -321,6 +396,8 @@ class Distributor:
             "parked": self.parked_messages,
             "pending_bytes": self.pending_bytes,
             "paused": self.paused,
+            "backpressured": self.backpressured,
+            "operator_paused": self.operator_paused,
             "route_table_version": self.router.table.version,
         }
 
@@ -353,6 +430,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="accept the original system's analyzers here (they dial in and announce a float32 weight)",
     )
+    parser.add_argument(
+        "--admin-token", help="bearer token for the admin API (or LOGDIST_ADMIN_TOKEN); health and metrics stay open"
+    )
     parser.add_argument("--linger-ms", type=float, help="max time a message waits to fill a batch (default 2)")
     parser.add_argument("--ack-timeout", type=float, help="seconds of analyzer silence that count as hung (0.75)")
     parser.add_argument("--slow-start", type=float, help="seconds a recovered analyzer takes to reach its weight (5)")
@@ -368,6 +448,8 @@ def build_config(args: argparse.Namespace) -> Config:
         config.listen = args.listen
     if args.admin:
         config.admin = args.admin
+    if args.admin_token:
+        config.admin_token = args.admin_token
     if args.legacy_analyzers:
         config.legacy_analyzers = args.legacy_analyzers
     if args.ingest:
@@ -402,22 +484,31 @@ def main(args: argparse.Namespace) -> int:
     if not config.analyzers and not config.legacy_analyzers:
         print("logdist serve: no analyzers configured (use --analyzer or a config file)", file=sys.stderr)
         return 2
-    return run(lambda stop: serve(config, stop))
+    return run(lambda stop: serve(config, stop, args.config))
 
 
-async def serve(config: Config, stop: asyncio.Event) -> int:
+async def serve(config: Config, stop: asyncio.Event, config_path: str | None = None) -> int:
     """Start the distributor and its admin API, wait for ``stop``, then drain."""
     from logdist.control.admin import AdminServer
+    from logdist.control.api import add_routes, token_middleware
+    from logdist.control.reload import ConfigReloader
 
     distributor = Distributor(config)
     try:
         await distributor.start()
     except OSError as exc:
-        print(f"logdist serve: cannot listen on {config.listen}: {exc.strerror}", file=sys.stderr)
+        print(f"logdist serve: cannot listen: {exc}", file=sys.stderr)
         return 1
+    reloader = ConfigReloader(distributor, config_path) if config_path else None
+    loop = asyncio.get_running_loop()
+    if reloader is not None:
+        reloader.start()
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reloader.reload()))
     admin = None
     if config.admin:
         admin = AdminServer(distributor)
+        admin.app.middlewares.append(token_middleware(config.admin_token or os.environ.get("LOGDIST_ADMIN_TOKEN")))
+        add_routes(admin.app, distributor, reloader)
         await admin.start(config.admin)
     announce(
         "ready",
@@ -427,6 +518,8 @@ async def serve(config: Config, stop: asyncio.Event) -> int:
     )
     await stop.wait()
     log.info("shutting down: draining for up to %.1fs", config.drain_timeout_s)
+    if reloader is not None:
+        await reloader.stop()
     left = await distributor.shutdown(config.drain_timeout_s)
     if left:
         log.error("shutdown deadline passed with %d messages undelivered", left)

@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from logdist.config import DeliveryConfig
+from logdist.control import metrics
 from logdist.delivery.backoff import Backoff
 from logdist.delivery.coalescer import Coalescer
 from logdist.delivery.wires import Acked, Alive, LinkWire, Ready, Reply, WeightChanged
@@ -68,6 +69,7 @@ class LinkCore:
         self.last_failure: str | None = None
         self.up_since: float | None = None
         self.ever_up = False
+        self.drained = False  # operator took it out of routing; what it holds still completes
         self._sent_at: dict[int, float] = {}
         self._seq = 0
         self._linger: asyncio.TimerHandle | None = None
@@ -131,10 +133,14 @@ class LinkCore:
         parts = self.in_flight.pop(seq, None)
         if parts is None:
             return  # a late ack for a batch already rerouted
-        self._sent_at.pop(seq, None)
+        sent_at = self._sent_at.pop(seq, None)
         count = sum(part.count for part in parts)
         self.in_flight_messages -= count
         if status == AckStatus.OK:
+            if sent_at is not None:
+                oldest_ns = min(int(part.array["ts"].min()) for part in parts)
+                age = max(0.0, (time.time_ns() - oldest_ns) / 1e9) if oldest_ns else 0.0
+                metrics.observe_delivery(self.name, time.monotonic() - sent_at, age, count)
             self.delivered_messages += count
             self.delivered_batches += 1
             self.owner.delivered(self, parts)
