@@ -55,6 +55,19 @@ class DeliveryConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     compression: str | None = None  # "zstd" or "lz4" towards analyzers that accept it
 
 
+class BreakerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Circuit breaker per analyzer (see logdist.delivery.breaker) and the panic threshold."""
+
+    consecutive_failures: int = 5
+    failure_rate: float = 0.5
+    window: int = 20
+    min_samples: int = 10
+    base_ejection_s: float = 1.0
+    max_ejection_s: float = 60.0
+    probes: int = 2
+    max_ejected_fraction: float = 0.5  # never eject more than this share of the analyzers at once
+
+
 class LimitsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Memory bounds: past ``max_pending_mb`` held in memory, ingest stops reading (TCP backpressure)."""
 
@@ -74,6 +87,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     analyzers: list[AnalyzerConfig] = []
     delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
     drain_timeout_s: float = 10.0
 
     def validate(self) -> Config:
@@ -123,6 +137,11 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError("delivery.max_batch_messages and delivery.window must be at least 1")
         if d.compression not in (None, "zstd", "lz4"):
             raise ConfigError(f"delivery.compression: must be 'zstd' or 'lz4', got {d.compression!r}")
+        b = self.breaker
+        if b.consecutive_failures < 1 or b.window < 1 or b.probes < 1 or not 0 < b.failure_rate <= 1:
+            raise ConfigError("breaker: consecutive_failures, window, probes >= 1 and failure_rate in (0, 1]")
+        if not 0 <= b.max_ejected_fraction <= 1 or b.base_ejection_s < 0 or b.max_ejection_s < b.base_ejection_s:
+            raise ConfigError("breaker: max_ejected_fraction in [0, 1], 0 <= base_ejection_s <= max_ejection_s")
         if self.limits.max_pending_mb <= 0 or not 0 < self.limits.resume_pending_fraction < 1:
             raise ConfigError("limits: max_pending_mb must be > 0 and resume_pending_fraction in (0, 1)")
         return self

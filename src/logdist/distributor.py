@@ -25,6 +25,7 @@ from logdist.config import (
     parse_analyzer_flag,
     parse_ingest_flag,
 )
+from logdist.delivery.breaker import BreakerPolicy, BreakerState, ejection_budget
 from logdist.delivery.link import LinkCore, LinkState, StreamLink
 from logdist.delivery.webhook import WebhookLink
 from logdist.delivery.wires import LegacyWire, LinesWire, NativeWire
@@ -47,6 +48,16 @@ class Distributor:
         self.server_id = server_id
         self.router = Router()
         self.slow_start = SlowStart(window_s=config.delivery.slow_start_s)
+        b = config.breaker
+        self.breaker_policy = BreakerPolicy(
+            b.consecutive_failures,
+            b.failure_rate,
+            b.window,
+            b.min_samples,
+            b.base_ejection_s,
+            b.max_ejection_s,
+            b.probes,
+        )
         self.links: dict[str, LinkCore] = {}
         self.parked: deque[MessageBlock] = deque()  # accepted while no analyzer was up
         self.parked_messages = 0
@@ -98,13 +109,17 @@ class Distributor:
         link: LinkCore
         if spec.kind == "webhook":
             link = WebhookLink(spec.name, spec.address, spec.weight, delivery, self, spec.content_encoding)
+            link.breaker.policy = self.breaker_policy
         else:
             wires = {
                 "native": lambda: NativeWire(self.server_id, delivery.compression),
                 "legacy": LegacyWire,
                 "lines": LinesWire,
             }
-            link = StreamLink(spec.name, spec.address, spec.weight, delivery, self, wires[spec.kind], kind=spec.kind)
+            link = StreamLink(
+                spec.name, spec.address, spec.weight, delivery, self, wires[spec.kind], kind=spec.kind,
+                breaker_policy=self.breaker_policy,
+            )  # fmt: skip
         self.links[spec.name] = link
         link.start()
         return link
@@ -162,8 +177,9 @@ class Distributor:
         self._dial_ins += 1
         name = f"legacy-{self._dial_ins}"
         return StreamLink(
-            name, "dial-in", 0.0, self.config.delivery, self, lambda: LegacyWire(dial_in=True), "legacy", dial=False
-        )
+            name, "dial-in", 0.0, self.config.delivery, self, lambda: LegacyWire(dial_in=True), "legacy",
+            dial=False, breaker_policy=self.breaker_policy,
+        )  # fmt: skip
 
     async def shutdown(self, deadline_s: float) -> int:
         """Stop accepting, deliver what is held for up to ``deadline_s``; return messages left undelivered."""
@@ -281,9 +297,9 @@ class Distributor:
 
     def link_down(self, link: LinkCore, orphans: list[MessageBlock]) -> None:
         self.rebuild_table()
-        for block in orphans:
-            self.rerouted_messages += block.count
-            self._route(block)
+        if link.breaker.state != BreakerState.CLOSED:
+            self._ensure_ramp()
+        self.reroute(link, orphans)
 
     def link_gone(self, link: LinkCore) -> None:
         """A dial-in analyzer disconnected: it leaves for good (its batches were rerouted already)."""
@@ -305,18 +321,36 @@ class Distributor:
 
     # -- route table -------------------------------------------------------------------------------
 
-    def effective_weight(self, link: LinkCore, now: float) -> float:
-        """Configured weight, ramped by slow start after a recovery; 0 while not up."""
+    def effective_weight(self, link: LinkCore, now: float, ejectable: frozenset[str] = frozenset()) -> float:
+        """Configured weight, ramped by slow start after a recovery, probe-sized while half-open; 0 while
+        down, drained or ejected by its circuit breaker (unless the panic threshold keeps it in)."""
         if link.state != LinkState.UP or link.up_since is None or link.drained:
             return 0.0
+        breaker = link.breaker
+        if not breaker.allows(now):
+            if link.name in ejectable:
+                return 0.0
+            return link.weight * self.slow_start.floor  # panic threshold: kept in, at probe weight
+        if breaker.state == BreakerState.HALF_OPEN:
+            return link.weight * self.slow_start.floor
         if link.failures == 0:
             return link.weight
         return link.weight * self.slow_start.factor(now - link.up_since)
 
+    def _ejectable(self, now: float) -> frozenset[str]:
+        """Names whose open breaker may keep them out: the most recently opened, within the panic budget."""
+        opened = [link for link in self.links.values() if not link.breaker.allows(now)]
+        budget = ejection_budget(len(self.links), self.config.breaker.max_ejected_fraction)
+        if len(opened) > budget:
+            log.warning("panic threshold: %d analyzers ejected, %d allowed; keeping the rest in", len(opened), budget)
+        opened.sort(key=lambda link: link.breaker.opened_at, reverse=True)
+        return frozenset(link.name for link in opened[:budget])
+
     def rebuild_table(self) -> None:
         """Swap in a route table built from the links' current effective weights."""
         now = time.monotonic()
-        weights = {name: self.effective_weight(link, now) for name, link in self.links.items()}
+        ejectable = self._ejectable(now)
+        weights = {name: self.effective_weight(link, now, ejectable) for name, link in self.links.items()}
         current = self.router.table
         table = RouteTable.from_weights(weights, self._table_version + 1)
         if table.names == current.names and table.shares == current.shares:
@@ -324,17 +358,33 @@ class Distributor:
         self._table_version += 1
         self.router.set_table(table)
 
+    def breaker_opened(self, link: LinkCore) -> None:
+        self.rebuild_table()
+        self._ensure_ramp()
+        if link.queue.messages:
+            self.reroute(link, link.queue.drain())
+
+    def reroute(self, link: LinkCore, blocks: list[MessageBlock]) -> None:
+        """Send ``blocks`` (taken from ``link``) through the current route table again."""
+        for block in blocks:
+            self.rerouted_messages += block.count
+            self._route(block)
+
     def _ensure_ramp(self) -> None:
         if self._ramp_task is None or self._ramp_task.done():
             self._ramp_task = asyncio.get_running_loop().create_task(self._ramp())
 
     async def _ramp(self) -> None:
-        """Rebuild the table every 250 ms while some analyzer is in slow start."""
+        """Rebuild the table every 250 ms while some analyzer ramps up or has a breaker not closed."""
         while True:
             await asyncio.sleep(0.25)
             self.rebuild_table()
             now = time.monotonic()
-            if not any(self.in_slow_start(link, now) for link in self.links.values()):
+            busy = any(
+                self.in_slow_start(link, now) or link.breaker.state != BreakerState.CLOSED
+                for link in self.links.values()
+            )
+            if not busy:
                 self.rebuild_table()
                 return
 
@@ -376,6 +426,8 @@ class Distributor:
                     "in_flight": link.in_flight_messages,
                     "queued": len(link.queue),
                     "failures": link.failures,
+                    "circuit": link.breaker.state.value,
+                    "ejections": link.breaker.ejections,
                     "last_failure": link.last_failure,
                 }
             )
@@ -433,6 +485,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--admin-token", help="bearer token for the admin API (or LOGDIST_ADMIN_TOKEN); health and metrics stay open"
     )
+    parser.add_argument(
+        "--max-ejected-fraction", type=float, help="panic threshold: most analyzers ejected at once (0.5)"
+    )
     parser.add_argument("--linger-ms", type=float, help="max time a message waits to fill a batch (default 2)")
     parser.add_argument("--ack-timeout", type=float, help="seconds of analyzer silence that count as hung (0.75)")
     parser.add_argument("--slow-start", type=float, help="seconds a recovered analyzer takes to reach its weight (5)")
@@ -456,6 +511,8 @@ def build_config(args: argparse.Namespace) -> Config:
         config.listeners = [parse_ingest_flag(text) for text in args.ingest]
     if args.analyzer:
         config.analyzers = [parse_analyzer_flag(text) for text in args.analyzer]
+    if args.max_ejected_fraction is not None:
+        config.breaker.max_ejected_fraction = args.max_ejected_fraction
     if args.linger_ms is not None:
         config.delivery.linger_ms = args.linger_ms
     if args.ack_timeout is not None:

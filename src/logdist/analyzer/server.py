@@ -21,6 +21,7 @@ import collections
 import contextlib
 import logging
 import os
+import random
 import sys
 import tempfile
 import time
@@ -137,6 +138,9 @@ class AnalyzerProtocol(asyncio.Protocol):
     def _on_batch(self, batch: Batch, out: list[bytes]) -> None:
         if self.hello is None:
             raise ProtocolError(ErrorCode.UNEXPECTED_FRAME, "BATCH before HELLO")
+        if self.server.retry_rate and random.random() < self.server.retry_rate:
+            out.append(encode_ack(batch.seq, AckStatus.RETRY))  # play an unhealthy analyzer: not processed
+            return
         self.stats.record(batch.block, time.time_ns())
         if self.server.journal is not None:
             self.server.journal.record(batch.block)  # before the ack leaves: survives kill -9
@@ -204,8 +208,10 @@ class AnalyzerServer:
         verify: bool = True,
         stats_file: str | None = None,
         journal: str | None = None,
+        retry_rate: float = 0.0,
     ) -> None:
         self.name = name or "analyzer"
+        self.retry_rate = retry_rate
         self._named = bool(name)
         self.delay_ms = delay_ms
         self.stats = AnalyzerStats(self.name, verify=verify)
@@ -284,6 +290,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verify", action=argparse.BooleanOptionalAction, default=True, help="verify payload CRC-32s (default on)"
     )
+    parser.add_argument(
+        "--retry-rate", type=float, default=0.0, help="answer RETRY to this fraction of batches (unhealthy analyzer)"
+    )
     parser.add_argument("--log-level", default="WARNING", help="stderr log level (default WARNING)")
 
 
@@ -297,11 +306,19 @@ def main(args: argparse.Namespace) -> int:
     if args.delay_ms < 0:
         print("logdist analyzer: --delay-ms must be >= 0", file=sys.stderr)
         return 2
+    if not 0 <= args.retry_rate <= 1:
+        print("logdist analyzer: --retry-rate must be between 0 and 1", file=sys.stderr)
+        return 2
 
     async def amain(stop: asyncio.Event) -> int:
         try:
             server = AnalyzerServer(
-                args.name, args.delay_ms, verify=args.verify, stats_file=args.stats_file, journal=args.journal
+                args.name,
+                args.delay_ms,
+                verify=args.verify,
+                stats_file=args.stats_file,
+                journal=args.journal,
+                retry_rate=args.retry_rate,
             )
         except OSError as exc:
             print(f"logdist analyzer: cannot open journal {args.journal}: {exc}", file=sys.stderr)

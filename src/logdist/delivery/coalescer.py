@@ -1,60 +1,235 @@
-"""Pending messages for one analyzer, cut into outgoing batches of bounded size."""
+"""Pending messages for one analyzer: a bounded, priority-aware queue cut into outgoing batches of bounded size.
+
+Severity 0 is the most urgent, 255 the least; the priority class of a message is ``severity >> 5`` (0 .. 7, the
+syslog levels, since syslog severity ``s`` maps to ``s * 32``). While no backlog exists the queue is a plain FIFO
+of whole blocks, exactly as cheap as before. Once a block arrives at a queue that already holds a full batch, it
+is split by class and urgent messages overtake less urgent ones; within a class the order is always FIFO.
+"""
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
+from typing import Literal, get_args
+
+import numpy as np
 
 from logdist.wire.batch import MessageBlock
 
+CLASS_SHIFT = 5
+"""``severity >> CLASS_SHIFT`` is the priority class."""
+CLASSES = 256 >> CLASS_SHIFT
+
+WhenFull = Literal["block", "drop_newest", "drop_lowest_priority"]
+WHEN_FULL: tuple[str, ...] = get_args(WhenFull)
+
+
+def _classes(block: MessageBlock) -> np.ndarray:
+    return block.array["severity"] >> CLASS_SHIFT
+
 
 class Coalescer:
-    """A FIFO of blocks; ``take`` returns the blocks holding the next ``max_messages`` messages at most."""
+    """Priority-aware queue; ``take`` returns the blocks holding the next ``max_messages`` messages at most.
 
-    def __init__(self, max_messages: int) -> None:
+    Sending order: blocks pushed back with :meth:`push_front` (retries), then blocks added while there was no
+    backlog (plain FIFO, older than any backlog), then the backlog by class 0 .. 7, FIFO within each class.
+
+    With ``max_queue_messages`` set, ``when_full`` decides what :meth:`add` does when the bound would be exceeded:
+    ``"block"`` queues anyway (the caller watches :attr:`full` and applies backpressure), ``"drop_newest"`` drops
+    the tail of the incoming block, ``"drop_lowest_priority"`` drops the least urgent queued messages, newest
+    first within a class, the incoming block's own messages included. Retries (:meth:`push_front`) are never
+    refused, but may be dropped later by ``"drop_lowest_priority"`` like any queued message.
+    """
+
+    def __init__(self, max_messages: int, max_queue_messages: int | None = None, when_full: str = "block") -> None:
+        if max_messages < 1:
+            raise ValueError(f"max_messages must be at least 1, not {max_messages}")
+        if max_queue_messages is not None and max_queue_messages < 0:
+            raise ValueError(f"max_queue_messages must not be negative, not {max_queue_messages}")
+        if when_full not in WHEN_FULL:
+            raise ValueError(f"when_full must be one of {', '.join(WHEN_FULL)}, not {when_full!r}")
         self.max_messages = max_messages
-        self._blocks: deque[MessageBlock] = deque()
+        self.max_queue_messages = max_queue_messages
+        self.when_full = when_full
+        self._front: deque[MessageBlock] = deque()  # retries: out before anything else
+        self._fifo: deque[MessageBlock] = deque()  # whole blocks added while there was no backlog
+        self._classes: list[deque[MessageBlock]] = [deque() for _ in range(CLASSES)]  # the backlog, by class
+        self._backlog = 0  # messages held in ``_classes``
         self.messages = 0
         self.nbytes = 0
+        self.dropped_newest = 0
+        self.dropped_lowest_priority = 0
+        self.last_dropped_bytes = 0
+        """Bytes dropped by the latest :meth:`add` (the caller releases its memory accounting by this much)."""
 
     def __len__(self) -> int:
         return self.messages
 
-    def add(self, block: MessageBlock) -> None:
-        """Queue ``block`` at the back."""
-        if block.count:
-            self._blocks.append(block)
-            self.messages += block.count
-            self.nbytes += block.nbytes
+    @property
+    def full(self) -> bool:
+        """Whether the queue holds ``max_queue_messages`` or more (never, without a bound)."""
+        return self.max_queue_messages is not None and self.messages >= self.max_queue_messages
+
+    @property
+    def backlog(self) -> int:
+        """Messages queued by priority class (those that arrived while a full batch was already waiting)."""
+        return self._backlog
+
+    # -- adding ------------------------------------------------------------------------------------
+
+    def add(self, block: MessageBlock) -> int:
+        """Queue ``block``; return how many messages were dropped to respect the bound (0 normally)."""
+        self.last_dropped_bytes = 0
+        count = block.count
+        if not count:
+            return 0
+        bound = self.max_queue_messages
+        if bound is None or self.when_full == "block" or self.messages + count <= bound:
+            self._enqueue(block)
+            return 0
+        if self.when_full == "drop_newest":
+            room = max(bound - self.messages, 0)
+            self.dropped_newest += count - room
+            if not room:
+                self.last_dropped_bytes = block.nbytes
+                return count
+            kept = block.slice(0, room)
+            self.last_dropped_bytes = block.nbytes - kept.nbytes
+            self._enqueue(kept)
+            return count - room
+        self._enqueue(block)
+        dropped, nbytes = self._drop_lowest(self.messages - bound)
+        self.dropped_lowest_priority += dropped
+        self.last_dropped_bytes = nbytes
+        return dropped
 
     def push_front(self, block: MessageBlock) -> None:
-        """Queue ``block`` at the front (a batch that must go out again first)."""
+        """Queue ``block`` ahead of everything (a batch that must go out again first); never refused."""
         if block.count:
-            self._blocks.appendleft(block)
+            self._front.appendleft(block)
             self.messages += block.count
             self.nbytes += block.nbytes
 
+    def _enqueue(self, block: MessageBlock) -> None:
+        if self.messages < self.max_messages and not self._backlog:
+            self._fifo.append(block)  # no backlog, no cost: the block stays whole
+        else:
+            self._split(block)
+        self.messages += block.count
+        self.nbytes += block.nbytes
+
+    def _split(self, block: MessageBlock) -> None:
+        """Append ``block``'s messages to the backlog of their class (one compact block per class present)."""
+        classes = _classes(block)
+        low, high = int(classes.min()), int(classes.max())
+        if low == high:
+            self._classes[low].append(block)
+        else:
+            for c in range(low, high + 1):
+                indices = np.flatnonzero(classes == c)
+                if len(indices):
+                    self._classes[c].append(block.take(indices))
+        self._backlog += block.count
+
+    # -- dropping ----------------------------------------------------------------------------------
+
+    def _drop_lowest(self, excess: int) -> tuple[int, int]:
+        """Drop ``excess`` messages, least urgent class first and newest first within it; (messages, bytes)."""
+        dropped = nbytes = 0
+        for c in range(CLASSES - 1, -1, -1):
+            if dropped == excess:
+                break
+            queue = self._classes[c]  # the newest messages of class ``c``, then the plain FIFO, then retries
+            while queue and dropped < excess:
+                block = queue[-1]
+                if block.count <= excess - dropped:
+                    queue.pop()
+                    dropped += block.count
+                    self._backlog -= block.count
+                    nbytes += block.nbytes
+                else:
+                    kept = block.slice(0, block.count - (excess - dropped))
+                    queue[-1] = kept
+                    self._backlog -= block.count - kept.count
+                    nbytes += block.nbytes - kept.nbytes
+                    dropped = excess
+            for mixed in (self._fifo, self._front):
+                if dropped < excess:
+                    count, size = self._drop_class(mixed, c, excess - dropped)
+                    dropped += count
+                    nbytes += size
+        self.messages -= dropped
+        self.nbytes -= nbytes
+        return dropped, nbytes
+
+    @staticmethod
+    def _drop_class(queue: deque[MessageBlock], c: int, limit: int) -> tuple[int, int]:
+        """Drop up to ``limit`` messages of class ``c`` from blocks of mixed classes, newest first."""
+        dropped = nbytes = 0
+        for i in range(len(queue) - 1, -1, -1):
+            block = queue[i]
+            hits = np.flatnonzero(_classes(block) == c)
+            if not len(hits):
+                continue
+            hits = hits[max(len(hits) - (limit - dropped), 0) :]
+            if len(hits) == block.count:
+                del queue[i]
+                nbytes += block.nbytes
+            else:
+                keep = np.ones(block.count, dtype=bool)
+                keep[hits] = False
+                kept = block.take(np.flatnonzero(keep))
+                queue[i] = kept
+                nbytes += block.nbytes - kept.nbytes
+            dropped += len(hits)
+            if dropped == limit:
+                break
+        return dropped, nbytes
+
+    # -- taking ------------------------------------------------------------------------------------
+
+    def _queues(self) -> Iterator[deque[MessageBlock]]:
+        yield self._front
+        yield self._fifo
+        if self._backlog:
+            yield from self._classes
+
     def take(self) -> list[MessageBlock]:
-        """Up to ``max_messages`` queued messages, in order, as the blocks that hold them ([] when empty)."""
-        blocks = self._blocks
+        """Up to ``max_messages`` queued messages, in sending order, as the blocks that hold them ([] when empty)."""
         parts: list[MessageBlock] = []
         room = self.max_messages
-        while blocks and room:
-            block = blocks[0]
-            if block.count <= room:
-                parts.append(blocks.popleft())
-                room -= block.count
-            else:
-                parts.append(block.slice(0, room))
-                blocks[0] = block.slice(room, block.count)
-                room = 0
+        nbytes = 0
+        for c, queue in enumerate(self._queues()):
+            before = room
+            while queue and room:
+                block = queue[0]
+                if block.count <= room:
+                    queue.popleft()
+                    room -= block.count
+                else:
+                    queue[0] = block.slice(room, block.count)
+                    block = block.slice(0, room)
+                    room = 0
+                parts.append(block)
+                nbytes += block.nbytes
+            if c >= 2:  # one of the class queues
+                self._backlog -= before - room
+            if not room:
+                break
         self.messages -= self.max_messages - room
-        self.nbytes -= sum(part.nbytes for part in parts)
+        self.nbytes -= nbytes
         return parts
 
+    def pending(self) -> list[MessageBlock]:
+        """Every queued block in sending order, left in place."""
+        return [block for queue in self._queues() for block in queue]
+
     def drain(self) -> list[MessageBlock]:
-        """Remove and return every queued block."""
-        blocks = list(self._blocks)
-        self._blocks.clear()
+        """Remove and return every queued block, in the order :meth:`take` would send them."""
+        blocks = self.pending()
+        for queue in (self._front, self._fifo, *self._classes):
+            queue.clear()
+        self._backlog = 0
         self.messages = 0
         self.nbytes = 0
         return blocks

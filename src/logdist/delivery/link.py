@@ -18,6 +18,7 @@ from typing import Protocol
 from logdist.config import DeliveryConfig
 from logdist.control import metrics
 from logdist.delivery.backoff import Backoff
+from logdist.delivery.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from logdist.delivery.coalescer import Coalescer
 from logdist.delivery.wires import Acked, Alive, LinkWire, Ready, Reply, WeightChanged
 from logdist.runtime import parse_hostport
@@ -44,6 +45,8 @@ class LinkOwner(Protocol):
     def link_down(self, link: LinkCore, orphans: list[MessageBlock]) -> None: ...
     def link_gone(self, link: LinkCore) -> None: ...
     def weight_changed(self, link: LinkCore) -> None: ...
+    def breaker_opened(self, link: LinkCore) -> None: ...
+    def reroute(self, link: LinkCore, blocks: list[MessageBlock]) -> None: ...
     def delivered(self, link: LinkCore, parts: list[MessageBlock]) -> None: ...
     def rejected(self, link: LinkCore, parts: list[MessageBlock]) -> None: ...
 
@@ -53,7 +56,15 @@ class LinkCore:
 
     kind = "native"
 
-    def __init__(self, name: str, address: str, weight: float, config: DeliveryConfig, owner: LinkOwner) -> None:
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        weight: float,
+        config: DeliveryConfig,
+        owner: LinkOwner,
+        breaker_policy: BreakerPolicy | None = None,
+    ) -> None:
         self.name = name
         self.address = address
         self.weight = weight
@@ -70,6 +81,7 @@ class LinkCore:
         self.up_since: float | None = None
         self.ever_up = False
         self.drained = False  # operator took it out of routing; what it holds still completes
+        self.breaker = CircuitBreaker(breaker_policy)
         self._sent_at: dict[int, float] = {}
         self._seq = 0
         self._linger: asyncio.TimerHandle | None = None
@@ -143,12 +155,25 @@ class LinkCore:
                 metrics.observe_delivery(self.name, time.monotonic() - sent_at, age, count)
             self.delivered_messages += count
             self.delivered_batches += 1
+            self.breaker.success()
             self.owner.delivered(self, parts)
         elif status == AckStatus.RETRY:
             for part in reversed(parts):
                 self.queue.push_front(part)
+            self._breaker_failure("analyzer asked to retry a batch")
+            if self.breaker.state == BreakerState.OPEN and self.queue.messages:
+                self.owner.reroute(self, self.queue.drain())  # ejected: what waits for it goes elsewhere
         else:
+            self._breaker_failure("analyzer rejected a batch")
             self.owner.rejected(self, parts)
+
+    def _breaker_failure(self, reason: str) -> None:
+        if self.breaker.failure(time.monotonic(), reason):
+            log.warning(
+                "analyzer %s ejected for %.1fs (circuit open, ejection %d): %s",
+                self.name, self.breaker.ejection_s, self.breaker.ejections, reason,
+            )  # fmt: skip
+            self.owner.breaker_opened(self)
 
     def _became_up(self) -> None:
         self.state = LinkState.UP
@@ -169,6 +194,7 @@ class LinkCore:
         if was_up:
             self.failures += 1
             log.warning("analyzer %s (%s) down: %s", self.name, self.address, reason)
+            self.breaker.failure(time.monotonic(), reason)
         if was_up or self.outstanding:
             self.owner.link_down(self, self._take_orphans())
 
@@ -199,8 +225,9 @@ class StreamLink(LinkCore, asyncio.Protocol):
         wire_factory: Callable[[], LinkWire],
         kind: str = "native",
         dial: bool = True,
+        breaker_policy: BreakerPolicy | None = None,
     ) -> None:
-        super().__init__(name, address, weight, config, owner)
+        super().__init__(name, address, weight, config, owner, breaker_policy)
         self.kind = kind
         self.dial = dial
         self._wire_factory = wire_factory
