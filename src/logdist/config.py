@@ -38,6 +38,10 @@ class ListenerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     kind: str
     address: str
+    ack: str | None = None  # native listeners: "accepted" | "delivered" (default: the top-level `ack`)
+
+
+ACK_MODES = ("accepted", "delivered")
 
 
 class DeliveryConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -89,6 +93,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
     drain_timeout_s: float = 10.0
+    ack: str = "accepted"  # when emitters get their batch ack: "accepted" (in memory) or "delivered" (by analyzers)
+    dedup_window: int = 4096  # batch seqs remembered per emitter session to drop retransmissions (0: off)
 
     def validate(self) -> Config:
         """Check cross-field rules; raise ConfigError naming the key."""
@@ -99,7 +105,13 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             _check_address("legacy_analyzers", self.legacy_analyzers)
         from logdist.ingest.listeners import STARTERS
 
+        if self.ack not in ACK_MODES:
+            raise ConfigError(f"ack: must be one of {', '.join(ACK_MODES)}, got {self.ack!r}")
+        if self.dedup_window < 0:
+            raise ConfigError(f"dedup_window: must be >= 0, got {self.dedup_window}")
         for i, listener in enumerate(self.listeners):
+            if listener.ack is not None and listener.ack not in ACK_MODES:
+                raise ConfigError(f"listeners[{i}].ack: must be one of {', '.join(ACK_MODES)}, got {listener.ack!r}")
             if listener.kind not in STARTERS:
                 raise ConfigError(f"listeners[{i}].kind: unknown kind {listener.kind!r}; known: {sorted(STARTERS)}")
             _check_address(f"listeners[{i}].address", listener.address)

@@ -30,6 +30,7 @@ from logdist.delivery.link import LinkCore, LinkState, StreamLink
 from logdist.delivery.webhook import WebhookLink
 from logdist.delivery.wires import LegacyWire, LinesWire, NativeWire
 from logdist.ingest.base import IngestConnection
+from logdist.ingest.dedup import DedupWindow
 from logdist.ingest.listeners import STARTERS, Listener, ServerListener
 from logdist.routing.slowstart import SlowStart
 from logdist.routing.table import Router, RouteTable
@@ -74,6 +75,7 @@ class Distributor:
         self.bad_frames = 0
         self.drops: Counter[str] = Counter()
         self.listen_address: str | None = None
+        self.dedup = DedupWindow(config.dedup_window) if config.dedup_window else None
         self.listeners: list[Listener] = []
         self._ramp_task: asyncio.Task[None] | None = None
         self._table_version = 0
@@ -277,10 +279,23 @@ class Distributor:
 
     # -- delivery side (LinkOwner) -----------------------------------------------------------------
 
+    def ack_mode_for(self, address: str) -> str:
+        """The ack mode of the native listener bound to ``address``."""
+        for listener in self.config.listeners:
+            if listener.address == address and listener.ack is not None:
+                return listener.ack
+        return self.config.ack
+
     def delivered(self, link: LinkCore, parts: list[MessageBlock]) -> None:
+        for part in parts:
+            if part.ticket is not None:
+                part.ticket.settle(part.count)
         self._release(sum(part.nbytes for part in parts))
 
     def rejected(self, link: LinkCore, parts: list[MessageBlock]) -> None:
+        for part in parts:
+            if part.ticket is not None:
+                part.ticket.settle(part.count, rejected=True)
         count = sum(part.count for part in parts)
         self.drops["rejected_by_analyzer"] += count
         log.error("analyzer %s rejected a batch of %d messages; counted as dropped", link.name, count)
@@ -444,6 +459,7 @@ class Distributor:
                 "connections": len(self.connections),
             },
             "rerouted": self.rerouted_messages,
+            "deduplicated_batches": self.dedup.duplicates if self.dedup else 0,
             "drops": dict(self.drops),
             "parked": self.parked_messages,
             "pending_bytes": self.pending_bytes,
@@ -488,6 +504,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-ejected-fraction", type=float, help="panic threshold: most analyzers ejected at once (0.5)"
     )
+    parser.add_argument(
+        "--ack",
+        choices=("accepted", "delivered"),
+        help="when emitters get their ack: accepted (in memory, default) or delivered (analyzers acked)",
+    )
     parser.add_argument("--linger-ms", type=float, help="max time a message waits to fill a batch (default 2)")
     parser.add_argument("--ack-timeout", type=float, help="seconds of analyzer silence that count as hung (0.75)")
     parser.add_argument("--slow-start", type=float, help="seconds a recovered analyzer takes to reach its weight (5)")
@@ -513,6 +534,8 @@ def build_config(args: argparse.Namespace) -> Config:
         config.analyzers = [parse_analyzer_flag(text) for text in args.analyzer]
     if args.max_ejected_fraction is not None:
         config.breaker.max_ejected_fraction = args.max_ejected_fraction
+    if args.ack:
+        config.ack = args.ack
     if args.linger_ms is not None:
         config.delivery.linger_ms = args.linger_ms
     if args.ack_timeout is not None:

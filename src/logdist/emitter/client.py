@@ -176,6 +176,7 @@ class EmitterClient:
         self.host = host
         self.port = port
         self.client_id = client_id
+        self.session = secrets.token_hex(8)  # with client_id: lets the distributor spot retransmitted batches
         self.window = window
         self.compression = compression
         self.token = token
@@ -328,6 +329,7 @@ class EmitterClient:
                             client_id=self.client_id,
                             compression=[self.compression] if self.compression else [],
                             token=self.token,
+                            options={"session": self.session},
                         )
                     )
                 )

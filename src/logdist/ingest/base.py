@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from logdist.ingest.dedup import DedupWindow
 from logdist.wire.batch import MessageBlock
 from logdist.wire.errors import ProtocolError
 
@@ -22,6 +23,9 @@ class IngestConnection(Protocol):
 class IngestSink(Protocol):
     """Where accepted blocks go, and who controls reading (backpressure)."""
 
+    dedup: DedupWindow | None  # retransmitted batches of emitter sessions (native protocol)
+
+    def ack_mode_for(self, address: str) -> str: ...
     def accept(self, block: MessageBlock) -> None: ...
     def register(self, conn: IngestConnection) -> None: ...
     def unregister(self, conn: IngestConnection) -> None: ...

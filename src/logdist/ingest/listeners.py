@@ -8,6 +8,7 @@ from typing import Protocol
 
 from logdist.ingest.base import IngestSink
 from logdist.ingest.legacy import LegacyIngest
+from logdist.ingest.lines import lines_ingest, syslog_ingest
 from logdist.ingest.native import NativeIngest
 from logdist.runtime import parse_hostport
 
@@ -42,8 +43,11 @@ async def _protocol_listener(kind: str, address: str, factory: Callable[[], asyn
 
 
 async def start_native(address: str, sink: IngestSink, server_id: str, max_frame: int) -> Listener:
-    """The native protocol (acked batches)."""
-    return await _protocol_listener("native", address, lambda: NativeIngest(sink, server_id, max_frame))
+    """The native protocol (acked batches); ack mode and dedup window come from the sink."""
+    ack_mode = sink.ack_mode_for(address)
+    return await _protocol_listener(
+        "native", address, lambda: NativeIngest(sink, server_id, max_frame, ack_mode=ack_mode, dedup=sink.dedup)
+    )
 
 
 async def start_legacy(address: str, sink: IngestSink, server_id: str, max_frame: int) -> Listener:
@@ -51,7 +55,30 @@ async def start_legacy(address: str, sink: IngestSink, server_id: str, max_frame
     return await _protocol_listener("legacy", address, lambda: LegacyIngest(sink, max_frame))
 
 
+async def start_lines(address: str, sink: IngestSink, server_id: str, max_frame: int) -> Listener:
+    """Newline-delimited messages (plain text or JSON objects), one stream per connection."""
+    return await _protocol_listener("lines", address, lambda: lines_ingest(sink))
+
+
+async def start_syslog(address: str, sink: IngestSink, server_id: str, max_frame: int) -> Listener:
+    """Syslog over TCP (RFC 6587 octet counting or newline framing; RFC 5424 and RFC 3164 headers)."""
+    return await _protocol_listener("syslog", address, lambda: syslog_ingest(sink))
+
+
+async def start_http(address: str, sink: IngestSink, server_id: str, max_frame: int) -> Listener:
+    """The HTTP JSON API (``POST /v1/packets``, ``POST /v1/logs``); bodies up to ``max_frame`` bytes."""
+    from logdist.ingest.http import HttpIngest  # aiohttp: imported only when an HTTP listener is wanted
+
+    return await HttpIngest(sink, max_body=max_frame).start(address)
+
+
 ListenerStarter = Callable[[str, IngestSink, str, int], Awaitable[Listener]]
 
 # kind -> starter(address, sink, server_id, max_frame). Other protocols register here.
-STARTERS: dict[str, ListenerStarter] = {"native": start_native, "legacy": start_legacy}
+STARTERS: dict[str, ListenerStarter] = {
+    "native": start_native,
+    "legacy": start_legacy,
+    "http": start_http,
+    "lines": start_lines,
+    "syslog": start_syslog,
+}

@@ -7,11 +7,13 @@ import itertools
 import logging
 
 from logdist.ingest.base import IngestSink
+from logdist.ingest.dedup import DedupWindow, Ticket
 from logdist.wire.compression import SUPPORTED, negotiate
 from logdist.wire.errors import ErrorCode, ProtocolError
 from logdist.wire.native import (
     PROTOCOL_VERSION,
     Ack,
+    AckStatus,
     Batch,
     Error,
     FrameDecoder,
@@ -32,8 +34,18 @@ _connection_ids = itertools.count(1)
 class NativeIngest(asyncio.Protocol):
     """One emitter connection. A malformed frame gets an ERROR frame and closes only this connection."""
 
-    def __init__(self, sink: IngestSink, server_id: str, max_frame: int) -> None:
+    def __init__(
+        self,
+        sink: IngestSink,
+        server_id: str,
+        max_frame: int,
+        ack_mode: str = "accepted",
+        dedup: DedupWindow | None = None,
+    ) -> None:
         self.sink = sink
+        self.ack_mode = ack_mode
+        self.dedup = dedup
+        self.session: tuple[str, str] | None = None
         self.server_id = server_id
         self.conn_id = next(_connection_ids)
         self.peer = "?"
@@ -92,6 +104,31 @@ class NativeIngest(asyncio.Protocol):
             return
         self._write(replies)
 
+    def _on_batch(self, event: Batch) -> bytes | None:
+        seq, block = event.seq, event.block
+        if self.session is not None:
+            assert self.dedup is not None
+            seen, ticket = self.dedup.seen(self.session, seq)
+            if seen:  # a retransmission of a batch accepted before: never route it twice
+                if ticket is None:
+                    return encode_ack(seq)
+                ticket.waiters.append((seq, self.send_ack))
+                return None
+        self.messages += block.count
+        self.batches += 1
+        if self.ack_mode == "delivered" and block.count:
+            block.ticket = Ticket(block.count, seq, self.send_ack)
+        self.sink.accept(block)
+        if self.session is not None:
+            assert self.dedup is not None
+            self.dedup.record(self.session, seq, block.ticket)
+        return None if block.ticket is not None else encode_ack(seq)
+
+    def send_ack(self, seq: int, status: AckStatus = AckStatus.OK) -> None:
+        """Acknowledge batch ``seq`` now (used when its ack waited for delivery)."""
+        if self._transport is not None and not self._closing:
+            self._transport.write(encode_ack(seq, status))
+
     def _write(self, replies: list[bytes]) -> None:
         if replies and self._transport is not None:
             self._transport.write(b"".join(replies))
@@ -100,11 +137,7 @@ class NativeIngest(asyncio.Protocol):
         if isinstance(event, Batch):
             if self.client_id is None:
                 raise ProtocolError(ErrorCode.UNEXPECTED_FRAME, "BATCH before HELLO")
-            block = event.block
-            self.sink.accept(block)
-            self.messages += block.count
-            self.batches += 1
-            return encode_ack(event.seq)
+            return self._on_batch(event)
         if isinstance(event, Heartbeat):
             return None if event.pong else encode_heartbeat(event.token, pong=True)
         if isinstance(event, Hello):
@@ -117,6 +150,8 @@ class NativeIngest(asyncio.Protocol):
             if event.role != Role.EMITTER:
                 raise ProtocolError(ErrorCode.BAD_HANDSHAKE, f"role {event.role!r} cannot send to an ingest port")
             self.client_id = event.client_id
+            session = event.options.get("session")
+            self.session = (event.client_id, session) if session and self.dedup is not None else None
             chosen = negotiate(event.compression, SUPPORTED)
             return encode_welcome(
                 Welcome(server_id=self.server_id, compression=chosen, max_frame=self._decoder.max_frame)
