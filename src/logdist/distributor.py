@@ -25,6 +25,8 @@ from logdist.config import (
     parse_analyzer_flag,
     parse_ingest_flag,
 )
+from logdist.control import metrics
+from logdist.control.logs import configure_logging
 from logdist.delivery.breaker import BreakerPolicy, BreakerState, ejection_budget
 from logdist.delivery.link import LinkCore, LinkState, StreamLink
 from logdist.delivery.webhook import WebhookLink
@@ -141,10 +143,9 @@ class Distributor:
                 await asyncio.sleep(0.01)
         orphans = await link.close()
         del self.links[name]
+        metrics.forget_analyzer(name)
         self.rebuild_table()
-        for block in orphans:
-            self.rerouted_messages += block.count
-            self._route(block)
+        self.reroute(link, orphans)
         log.info("analyzer %s removed (%d messages rerouted)", name, sum(b.count for b in orphans))
         return sum(b.count for b in orphans)
 
@@ -239,7 +240,10 @@ class Distributor:
 
     def bad_input(self, conn: IngestConnection, error: ProtocolError) -> None:
         self.bad_frames += 1
-        log.warning("closing emitter connection %s (%s): %s", conn.conn_id, conn.peer, error)
+        log.warning(
+            "closing emitter connection %s (%s): %s", conn.conn_id, conn.peer, error,
+            extra={"conn": conn.conn_id, "peer": conn.peer},
+        )  # fmt: skip
 
     def accept(self, block: MessageBlock) -> None:
         """Take responsibility for ``block``: route it, or park it while no analyzer is up."""
@@ -320,6 +324,7 @@ class Distributor:
         """A dial-in analyzer disconnected: it leaves for good (its batches were rerouted already)."""
         if self.links.get(link.name) is link:
             del self.links[link.name]
+            metrics.forget_analyzer(link.name)
             self.rebuild_table()
 
     def weight_changed(self, link: LinkCore) -> None:
@@ -515,6 +520,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pending-mb", type=float, help="memory bound before ingest is paused (default 64)")
     parser.add_argument("--drain-timeout", type=float, help="seconds to deliver held messages on SIGTERM (10)")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="stderr log lines: text or one JSON object each"
+    )
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -551,11 +559,7 @@ def build_config(args: argparse.Namespace) -> Config:
 
 def main(args: argparse.Namespace) -> int:
     """Run the distributor until SIGINT/SIGTERM."""
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_level, args.log_format)
     try:
         config = build_config(args)
     except ConfigError as exc:
@@ -586,8 +590,10 @@ async def serve(config: Config, stop: asyncio.Event, config_path: str | None = N
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reloader.reload()))
     admin = None
     if config.admin:
-        admin = AdminServer(distributor)
-        admin.app.middlewares.append(token_middleware(config.admin_token or os.environ.get("LOGDIST_ADMIN_TOKEN")))
+        token = config.admin_token or os.environ.get("LOGDIST_ADMIN_TOKEN")
+        if token is None:
+            log.warning("the admin API on %s has no token: anyone who can reach it can change routing", config.admin)
+        admin = AdminServer(distributor, middlewares=[token_middleware(token)])
         add_routes(admin.app, distributor, reloader)
         await admin.start(config.admin)
     announce(

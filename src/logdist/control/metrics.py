@@ -83,6 +83,11 @@ def observe_delivery(analyzer: str, round_trip_s: float, oldest_message_age_s: f
     age.total += oldest_message_age_s
 
 
+def forget_analyzer(analyzer: str) -> None:
+    """Drop the histograms of an analyzer that is gone for good (dial-in analyzers get a new name each time)."""
+    _delivery.pop(analyzer, None)
+
+
 def delivery_observations(analyzer: str) -> int:
     """How many batches of ``analyzer`` have been observed (for tests and debugging)."""
     pair = _delivery.get(analyzer)
