@@ -93,7 +93,9 @@ def test_admin_api_and_hot_reload_change_routing_live_without_loss(tmp_path: Pat
 
         # drain a1: it gets nothing new; restore: it gets its share back
         assert admin.call("POST", "/v1/analyzers/a1/drain")[0] == 200
-        assert shares_after(admin, 20_000)["a1"] == 0
+        assert admin.analyzer("a1")["state"] == "drained"
+        wait_until(lambda: not (admin.analyzer("a1")["in_flight"] or admin.analyzer("a1")["queued"]), 10, "a1 idle")
+        assert shares_after(admin, 20_000)["a1"] == 0, "what it held completed; nothing new reaches it"
         assert admin.call("POST", "/v1/analyzers/a1/restore")[0] == 200
 
         # pause ingest: nothing more is accepted until resume
