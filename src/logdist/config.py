@@ -41,7 +41,7 @@ class ListenerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ack: str | None = None  # native listeners: "accepted" | "delivered" (default: the top-level `ack`)
 
 
-ACK_MODES = ("accepted", "delivered")
+ACK_MODES = ("accepted", "durable", "delivered")
 
 
 class DeliveryConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -72,6 +72,15 @@ class BreakerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_ejected_fraction: float = 0.5  # never eject more than this share of the analyzers at once
 
 
+class SpoolConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The durable spool (LMDB) under ``path``; without a path there is no spool."""
+
+    path: str | None = None
+    max_mb: float = 1024.0
+    fsync: str = "batch"  # "batch" (group commit, fsync before acking), "interval", "never"
+    interval_ms: float = 50.0
+
+
 class LimitsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Memory bounds: past ``max_pending_mb`` held in memory, ingest stops reading (TCP backpressure)."""
 
@@ -92,8 +101,9 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
+    spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
     drain_timeout_s: float = 10.0
-    ack: str = "accepted"  # when emitters get their batch ack: "accepted" (in memory) or "delivered" (by analyzers)
+    ack: str = "accepted"  # emitters' batch ack: "accepted" (in memory), "durable" (spool fsync), "delivered"
     dedup_window: int = 4096  # batch seqs remembered per emitter session to drop retransmissions (0: off)
 
     def validate(self) -> Config:
@@ -107,6 +117,11 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
         if self.ack not in ACK_MODES:
             raise ConfigError(f"ack: must be one of {', '.join(ACK_MODES)}, got {self.ack!r}")
+        durable = self.ack == "durable" or any(listener.ack == "durable" for listener in self.listeners)
+        if durable and not self.spool.path:
+            raise ConfigError("ack: 'durable' needs a spool: set spool.path (or --spool-dir)")
+        if self.spool.fsync not in ("batch", "interval", "never") or self.spool.max_mb <= 0:
+            raise ConfigError("spool: fsync must be batch, interval or never, and max_mb > 0")
         if self.dedup_window < 0:
             raise ConfigError(f"dedup_window: must be >= 0, got {self.dedup_window}")
         for i, listener in enumerate(self.listeners):

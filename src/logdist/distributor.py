@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any
 
 from logdist.config import (
@@ -37,8 +38,10 @@ from logdist.ingest.listeners import STARTERS, Listener, ServerListener
 from logdist.routing.slowstart import SlowStart
 from logdist.routing.table import Router, RouteTable
 from logdist.runtime import announce, parse_hostport, run
+from logdist.spool.accepted import AcceptedLog
 from logdist.wire.batch import MessageBlock
 from logdist.wire.errors import ProtocolError
+from logdist.wire.native import AckStatus
 
 log = logging.getLogger("logdist.distributor")
 
@@ -78,6 +81,8 @@ class Distributor:
         self.drops: Counter[str] = Counter()
         self.listen_address: str | None = None
         self.dedup = DedupWindow(config.dedup_window) if config.dedup_window else None
+        self.accepted_log: AcceptedLog | None = None
+        self._replay_task: asyncio.Task[None] | None = None
         self.listeners: list[Listener] = []
         self._ramp_task: asyncio.Task[None] | None = None
         self._table_version = 0
@@ -89,7 +94,12 @@ class Distributor:
     # -- start / stop ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the listener and start dialling the analyzers."""
+        """Open the spool (if any), start dialling the analyzers, open the listeners, replay the spool."""
+        if self.config.spool.path:
+            self.accepted_log = AcceptedLog(self.config.spool)
+            await self.accepted_log.open()
+            if self.dedup is not None:
+                self.accepted_log.load_dedup(self.dedup)
         for analyzer in self.config.analyzers:
             self.add_analyzer(analyzer)
         max_frame = int(self.config.limits.max_frame_mb * 1024 * 1024)
@@ -104,6 +114,19 @@ class Distributor:
                 self._accept_legacy_analyzer, host, port, reuse_address=True
             )
             self.listeners.append(ServerListener("legacy_analyzers", server))
+        if self.accepted_log is not None:
+            self._replay_task = asyncio.get_running_loop().create_task(
+                self.accepted_log.replay(self._take_replayed, self._room)
+            )
+
+    def _take_replayed(self, block: MessageBlock) -> None:
+        self.pending_bytes += block.nbytes
+        self._route(block)
+
+    async def _room(self) -> None:
+        """Wait until memory allows more replayed batches (the same bound ingest respects)."""
+        while self.pending_bytes > self.resume_below:
+            await asyncio.sleep(0.02)
 
     def add_analyzer(self, spec: AnalyzerConfig) -> LinkCore:
         """Start a link to a new analyzer; it joins the route table once connected."""
@@ -185,20 +208,32 @@ class Distributor:
         )  # fmt: skip
 
     async def shutdown(self, deadline_s: float) -> int:
-        """Stop accepting, deliver what is held for up to ``deadline_s``; return messages left undelivered."""
+        """Stop accepting, deliver what is held for up to ``deadline_s``, spool the rest (when there is a
+        spool) and fsync; returns the messages left neither delivered nor spooled."""
         for listener in self.listeners:
             await listener.close()
         for conn in list(self.connections):
             conn.close()
+        if self._replay_task is not None:
+            self._replay_task.cancel()
         try:
             await asyncio.wait_for(self._wait_idle(), deadline_s)
         except TimeoutError:
             pass
-        left = self.parked_messages
+        held: list[MessageBlock] = list(self.parked)
+        self.parked.clear()
         for link in self.links.values():
-            left += sum(block.count for block in await link.close())
+            held.extend(await link.close())
         if self._ramp_task is not None:
             self._ramp_task.cancel()
+        left = sum(block.count for block in held)
+        if self.accepted_log is not None:
+            left -= self.accepted_log.covered(held) + await self.accepted_log.keep(held)
+            if left == 0 and held:
+                log.info("spooled what was not delivered in time; the next start replays it")
+            if self.dedup is not None:
+                self.accepted_log.save_dedup(self.dedup)
+            await self.accepted_log.close()
         return left
 
     async def _wait_idle(self) -> None:
@@ -245,12 +280,20 @@ class Distributor:
             extra={"conn": conn.conn_id, "peer": conn.peer},
         )  # fmt: skip
 
-    def accept(self, block: MessageBlock) -> None:
-        """Take responsibility for ``block``: route it, or park it while no analyzer is up."""
+    def accept(self, block: MessageBlock, durable: Callable[[AckStatus], None] | None = None) -> None:
+        """Take responsibility for ``block``: route it, or park it while no analyzer is up. With ``durable``,
+        also write it to the spool and call ``durable`` once it is on disk (ingest then acks the emitter)."""
         self.accepted_messages += block.count
         self.accepted_batches += 1
         if not block.count:
+            if durable is not None:
+                durable(AckStatus.OK)
             return
+        if durable is not None:
+            if self.accepted_log is None:
+                durable(AckStatus.RETRY)
+                return
+            self.accepted_log.make_durable(block, durable)
         self.pending_bytes += block.nbytes
         self._route(block)
         if self.pending_bytes > self.max_pending and not self.backpressured:
@@ -472,6 +515,7 @@ class Distributor:
             "backpressured": self.backpressured,
             "operator_paused": self.operator_paused,
             "route_table_version": self.router.table.version,
+            "spool": self.accepted_log.stats() if self.accepted_log is not None else None,
         }
 
 
@@ -511,9 +555,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--ack",
-        choices=("accepted", "delivered"),
-        help="when emitters get their ack: accepted (in memory, default) or delivered (analyzers acked)",
+        choices=("accepted", "durable", "delivered"),
+        help="when emitters get their ack: accepted (in memory, default), durable (in the spool, on disk) "
+        "or delivered (analyzers acked)",
     )
+    parser.add_argument("--spool-dir", metavar="DIR", help="durable spool directory (needed for --ack durable)")
+    parser.add_argument("--spool-fsync", choices=("batch", "interval", "never"), help="spool fsync policy (batch)")
     parser.add_argument("--linger-ms", type=float, help="max time a message waits to fill a batch (default 2)")
     parser.add_argument("--ack-timeout", type=float, help="seconds of analyzer silence that count as hung (0.75)")
     parser.add_argument("--slow-start", type=float, help="seconds a recovered analyzer takes to reach its weight (5)")
@@ -544,6 +591,10 @@ def build_config(args: argparse.Namespace) -> Config:
         config.breaker.max_ejected_fraction = args.max_ejected_fraction
     if args.ack:
         config.ack = args.ack
+    if args.spool_dir:
+        config.spool.path = args.spool_dir
+    if args.spool_fsync:
+        config.spool.fsync = args.spool_fsync
     if args.linger_ms is not None:
         config.delivery.linger_ms = args.linger_ms
     if args.ack_timeout is not None:
@@ -575,6 +626,7 @@ async def serve(config: Config, stop: asyncio.Event, config_path: str | None = N
     """Start the distributor and its admin API, wait for ``stop``, then drain."""
     from logdist.control.admin import AdminServer
     from logdist.control.api import add_routes, token_middleware
+    from logdist.control.dashboard import add_dashboard_routes
     from logdist.control.reload import ConfigReloader
 
     distributor = Distributor(config)
@@ -595,6 +647,9 @@ async def serve(config: Config, stop: asyncio.Event, config_path: str | None = N
             log.warning("the admin API on %s has no token: anyone who can reach it can change routing", config.admin)
         admin = AdminServer(distributor, middlewares=[token_middleware(token)])
         add_routes(admin.app, distributor, reloader)
+        if distributor.accepted_log is not None:
+            admin.add_readiness_check("spool", distributor.accepted_log.readiness)
+        add_dashboard_routes(admin.app)
         await admin.start(config.admin)
     announce(
         "ready",

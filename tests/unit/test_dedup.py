@@ -28,17 +28,23 @@ def test_sessions_are_bounded_least_recent_first() -> None:
 
 def test_ticket_acks_every_waiter_once_all_messages_settle() -> None:
     acks: list[tuple[str, int, AckStatus]] = []
-    ticket = Ticket(10, 7, lambda seq, status: acks.append(("first", seq, status)))
+    ticket = Ticket(10)
+    ticket.waiters.append((7, lambda seq, status: acks.append(("first", seq, status))))
     ticket.waiters.append((9, lambda seq, status: acks.append(("retransmit", seq, status))))
+    done: list[bool] = []
+    ticket.callbacks.append(lambda: done.append(True))
     ticket.settle(4)
     assert acks == [] and not ticket.done
+    assert not done
     ticket.settle(6)
     assert acks == [("first", 7, AckStatus.OK), ("retransmit", 9, AckStatus.OK)]
+    assert done == [True]
 
 
 def test_rejected_part_makes_the_ack_rejected() -> None:
     acks: list[AckStatus] = []
-    ticket = Ticket(2, 1, lambda seq, status: acks.append(status))
+    ticket = Ticket(2)
+    ticket.waiters.append((1, lambda seq, status: acks.append(status)))
     ticket.settle(1, rejected=True)
     ticket.settle(1)
     assert acks == [AckStatus.REJECTED]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from logdist.ingest.dedup import DedupWindow
 from logdist.wire.batch import MessageBlock
 from logdist.wire.errors import ProtocolError
+from logdist.wire.native import AckStatus
 
 
 class IngestConnection(Protocol):
@@ -26,7 +28,7 @@ class IngestSink(Protocol):
     dedup: DedupWindow | None  # retransmitted batches of emitter sessions (native protocol)
 
     def ack_mode_for(self, address: str) -> str: ...
-    def accept(self, block: MessageBlock) -> None: ...
+    def accept(self, block: MessageBlock, durable: Callable[[AckStatus], None] | None = None) -> None: ...
     def register(self, conn: IngestConnection) -> None: ...
     def unregister(self, conn: IngestConnection) -> None: ...
     def bad_input(self, conn: IngestConnection, error: ProtocolError) -> None: ...

@@ -3,8 +3,8 @@
 An emitter that reconnects sends its unacknowledged batches again with the same sequence numbers. The
 distributor remembers, per emitter session (client id + a random session id from its HELLO), the last
 ``window`` batch sequence numbers it accepted; a batch seen again is acknowledged without being routed twice.
-In ``delivered`` ack mode, a batch's :class:`Ticket` counts its messages down as analyzers acknowledge them
-and sends the emitter's ack at zero.
+A batch's :class:`Ticket` counts its messages down as analyzers acknowledge them; at zero it sends the
+emitter's ack (``delivered`` ack mode) and deletes the batch's spool record (``durable`` mode).
 """
 
 from __future__ import annotations
@@ -19,14 +19,17 @@ AckSender = Callable[[int, AckStatus], None]  # (batch seq, status) -> write the
 
 
 class Ticket:
-    """The outstanding messages of one accepted batch; acks every waiting emitter connection at zero."""
+    """The outstanding messages of one accepted batch; at zero it acks every waiting emitter connection and
+    runs its callbacks (such as deleting the batch's spool record)."""
 
-    __slots__ = ("remaining", "rejected", "waiters")
+    __slots__ = ("callbacks", "remaining", "rejected", "spool_id", "waiters")
 
-    def __init__(self, count: int, seq: int, send: AckSender) -> None:
+    def __init__(self, count: int) -> None:
         self.remaining = count
         self.rejected = False
-        self.waiters: list[tuple[int, AckSender]] = [(seq, send)]
+        self.waiters: list[tuple[int, AckSender]] = []
+        self.callbacks: list[Callable[[], None]] = []
+        self.spool_id: int | None = None  # set once the batch is durable in the spool
 
     @property
     def done(self) -> bool:
@@ -42,6 +45,9 @@ class Ticket:
             for seq, send in self.waiters:
                 send(seq, status)
             self.waiters.clear()
+            for callback in self.callbacks:
+                callback()
+            self.callbacks.clear()
 
 
 class DedupWindow:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import time
 from dataclasses import dataclass
 
@@ -37,7 +36,6 @@ from logdist.wire.http_json import (
 )
 from logdist.wire.records import StreamIds, build_block
 
-log = logging.getLogger("logdist.ingest.http")
 _ids = itertools.count(1)
 MAX_AGENT_STREAMS = 65536  # agents remembered; the oldest is forgotten (and gets a new stream) beyond this
 AGENT_HEADER = "X-Agent-Id"

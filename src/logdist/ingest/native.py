@@ -116,13 +116,21 @@ class NativeIngest(asyncio.Protocol):
                 return None
         self.messages += block.count
         self.batches += 1
-        if self.ack_mode == "delivered" and block.count:
-            block.ticket = Ticket(block.count, seq, self.send_ack)
-        self.sink.accept(block)
+        reply: bytes | None = encode_ack(seq)
+        if block.count and self.ack_mode != "accepted":
+            block.ticket = Ticket(block.count)
+            reply = None
+            if self.ack_mode == "delivered":
+                block.ticket.waiters.append((seq, self.send_ack))
+                self.sink.accept(block)
+            else:  # durable: ack once the spool has it on disk
+                self.sink.accept(block, durable=lambda status: self.send_ack(seq, status))
+        else:
+            self.sink.accept(block)
         if self.session is not None:
             assert self.dedup is not None
-            self.dedup.record(self.session, seq, block.ticket)
-        return None if block.ticket is not None else encode_ack(seq)
+            self.dedup.record(self.session, seq, block.ticket if self.ack_mode == "delivered" else None)
+        return reply
 
     def send_ack(self, seq: int, status: AckStatus = AckStatus.OK) -> None:
         """Acknowledge batch ``seq`` now (used when its ack waited for delivery)."""
