@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "emit": ("logdist.emitter.loadgen", "generate load: send stamped, checksummed messages to a distributor"),
     "bench": ("logdist.bench.runner", "benchmark distributor + analyzers + emitters as separate processes"),
     "demo": ("logdist.bench.demo", "~30 s local demo: weights, an analyzer failing and returning, a summary"),
+    "chaos": ("logdist.chaos.cli", "a fault-injecting TCP proxy (latency, bandwidth, resets, partitions, ...)"),
 }
 
 

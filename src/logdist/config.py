@@ -8,6 +8,7 @@ from pathlib import Path
 
 import msgspec
 
+from logdist.routing.rules import Rule, RuleSet
 from logdist.runtime import parse_hostport
 
 
@@ -31,6 +32,14 @@ class AnalyzerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     weight: float = 1.0
     kind: str = "native"
     content_encoding: str | None = None  # webhook request bodies: "gzip" or "zstd"
+    group: str = "default"  # route group (see [[groups]])
+
+
+class GroupConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A weighted route group: messages no rule takes are split over groups by these weights."""
+
+    name: str
+    weight: float = 1.0
 
 
 class ListenerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -98,6 +107,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     admin_token: str | None = None  # bearer token for the admin API (health and metrics stay open)
     listeners: list[ListenerConfig] = []
     analyzers: list[AnalyzerConfig] = []
+    groups: list[GroupConfig] = []
+    rules: list[Rule] = []
     delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
@@ -149,6 +160,19 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 _check_address(f"{key}.address", analyzer.address)
             if not math.isfinite(analyzer.weight) or analyzer.weight <= 0:
                 raise ConfigError(f"{key}.weight: must be a positive number, got {analyzer.weight}")
+        group_names = self.group_weights().keys()
+        for i, group in enumerate(self.groups):
+            if not group.name or not math.isfinite(group.weight) or group.weight < 0:
+                raise ConfigError(f"groups[{i}]: needs a name and a finite weight >= 0")
+        if len({g.name for g in self.groups}) != len(self.groups):
+            raise ConfigError("groups: duplicate group name")
+        for i, analyzer in enumerate(self.analyzers):
+            if analyzer.group not in group_names:
+                raise ConfigError(f"analyzers[{i}].group: unknown group {analyzer.group!r}; declare it in [[groups]]")
+        try:
+            RuleSet(self.rules, groups=group_names)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         d = self.delivery
         for key, value in (
             ("linger_ms", d.linger_ms),
@@ -172,6 +196,11 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if self.limits.max_pending_mb <= 0 or not 0 < self.limits.resume_pending_fraction < 1:
             raise ConfigError("limits: max_pending_mb must be > 0 and resume_pending_fraction in (0, 1)")
         return self
+
+
+    def group_weights(self) -> dict[str, float]:
+        """Route group -> weight; without [[groups]] one group, "default", holds every analyzer."""
+        return {g.name: g.weight for g in self.groups} or {"default": 1.0}
 
 
 def _check_address(key: str, value: str) -> None:

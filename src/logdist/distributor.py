@@ -35,8 +35,10 @@ from logdist.delivery.wires import LegacyWire, LinesWire, NativeWire
 from logdist.ingest.base import IngestConnection
 from logdist.ingest.dedup import DedupWindow
 from logdist.ingest.listeners import STARTERS, Listener, ServerListener
+from logdist.routing.plan import RoutingPlan
+from logdist.routing.rules import Rule
 from logdist.routing.slowstart import SlowStart
-from logdist.routing.table import Router, RouteTable
+from logdist.routing.table import Router
 from logdist.runtime import announce, parse_hostport, run
 from logdist.spool.accepted import AcceptedLog
 from logdist.wire.batch import MessageBlock
@@ -52,7 +54,8 @@ class Distributor:
     def __init__(self, config: Config, server_id: str = "logdist") -> None:
         self.config = config
         self.server_id = server_id
-        self.router = Router()
+        self.plan = RoutingPlan(config.group_weights(), config.rules)
+        self.group_of = {a.name: a.group for a in config.analyzers}
         self.slow_start = SlowStart(window_s=config.delivery.slow_start_s)
         b = config.breaker
         self.breaker_policy = BreakerPolicy(
@@ -132,6 +135,9 @@ class Distributor:
         """Start a link to a new analyzer; it joins the route table once connected."""
         if spec.name in self.links:
             raise ValueError(f"analyzer {spec.name!r} already exists")
+        if spec.group not in self.plan.group_weights:
+            raise ValueError(f"unknown route group {spec.group!r}")
+        self.group_of[spec.name] = spec.group
         delivery = self.config.delivery
         link: LinkCore
         if spec.kind == "webhook":
@@ -171,6 +177,13 @@ class Distributor:
         self.reroute(link, orphans)
         log.info("analyzer %s removed (%d messages rerouted)", name, sum(b.count for b in orphans))
         return sum(b.count for b in orphans)
+
+    def set_routing(self, group_weights: dict[str, float], rules: list[Rule]) -> None:
+        """Swap in new route groups and rules (validated by the caller); applies from the next batch."""
+        self.plan = RoutingPlan(group_weights, rules)
+        self._table_version += 1
+        self.rebuild_table()
+        self._unpark()
 
     def set_limits(self, limits: LimitsConfig) -> None:
         """Apply new memory bounds now."""
@@ -300,17 +313,26 @@ class Distributor:
             self.backpressured = True
             self._apply_reading()
 
+    @property
+    def router(self) -> Router:
+        """The root router (messages no rule takes)."""
+        return self.plan.root
+
     def _route(self, block: MessageBlock) -> None:
         if not block.count:
             return
-        runs = self.router.assign(block)
-        if not runs:
-            self.parked.append(block)
-            self.parked_messages += block.count
-            return
+        routed = self.plan.route(block)
         links = self.links
-        for name, part in runs:
+        for name, part in routed.runs:
             links[name].enqueue(part)
+        for part in routed.unroutable:
+            self.parked.append(part)
+            self.parked_messages += part.count
+        for rule, part in routed.dropped:
+            self.drops[f"rule:{rule}"] += part.count
+            if part.ticket is not None:
+                part.ticket.settle(part.count)
+            self._release(part.nbytes)
 
     def _release(self, nbytes: int) -> None:
         self.pending_bytes -= nbytes
@@ -375,12 +397,11 @@ class Distributor:
         self.rebuild_table()
 
     def _unpark(self) -> None:
-        if not self.router.table.names:
-            return
-        while self.parked:
-            block = self.parked.popleft()
-            self.parked_messages -= block.count
-            self._route(block)
+        blocks = list(self.parked)
+        self.parked.clear()
+        self.parked_messages = 0
+        for block in blocks:
+            self._route(block)  # what still has no analyzer up is parked again
 
     # -- route table -------------------------------------------------------------------------------
 
@@ -414,12 +435,8 @@ class Distributor:
         now = time.monotonic()
         ejectable = self._ejectable(now)
         weights = {name: self.effective_weight(link, now, ejectable) for name, link in self.links.items()}
-        current = self.router.table
-        table = RouteTable.from_weights(weights, self._table_version + 1)
-        if table.names == current.names and table.shares == current.shares:
-            return
-        self._table_version += 1
-        self.router.set_table(table)
+        if self.plan.rebuild(weights, self.group_of):
+            self._table_version += 1
 
     def breaker_opened(self, link: LinkCore) -> None:
         self.rebuild_table()
@@ -514,7 +531,8 @@ class Distributor:
             "paused": self.paused,
             "backpressured": self.backpressured,
             "operator_paused": self.operator_paused,
-            "route_table_version": self.router.table.version,
+            "route_table_version": self._table_version,
+            "route_tables": self.plan.tables(),
             "spool": self.accepted_log.stats() if self.accepted_log is not None else None,
         }
 

@@ -52,6 +52,7 @@ class _NewAnalyzer(msgspec.Struct, forbid_unknown_fields=True):
     weight: float = 1.0
     kind: str = "native"
     content_encoding: str | None = None
+    group: str = "default"
 
 
 class _Weight(msgspec.Struct, forbid_unknown_fields=True):
@@ -88,7 +89,7 @@ def add_routes(app: web.Application, distributor: Distributor, reloader: ConfigR
         new = await _body(request, _NewAnalyzer)
         spec = AnalyzerConfig(**msgspec.structs.asdict(new))
         try:
-            Config(analyzers=[spec]).validate()
+            Config(analyzers=[spec], groups=distributor.config.groups).validate()
         except ConfigError as exc:
             return error(400, str(exc).replace("analyzers[0].", ""))
         if spec.name in distributor.links:

@@ -122,6 +122,12 @@ async def apply(distributor: Distributor, new: Config) -> list[str]:
         if getattr(old.delivery, field.name) != value:
             setattr(old.delivery, field.name, value)  # links share this object: applies from their next step
             changes.append(f"delivery.{field.name} = {value}")
+    if old.groups != new.groups or old.rules != new.rules:
+        for spec in new.analyzers:
+            distributor.group_of[spec.name] = spec.group
+        distributor.set_routing(new.group_weights(), new.rules)
+        old.groups, old.rules = new.groups, new.rules
+        changes.append("route groups and rules replaced")
     if old.limits != new.limits:
         distributor.set_limits(new.limits)
         changes.append("limits updated")

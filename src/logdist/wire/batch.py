@@ -119,7 +119,7 @@ class MessageBlock:
         return block
 
     def take(self, indices: np.ndarray) -> MessageBlock:
-        """The messages at ``indices`` (in that order) as a new, compact block.
+        """The messages at ``indices`` (in that order) as a new, compact block (with this block's ticket).
 
         Bodies are copied with one ``b"".join`` of buffer slices, one slice per run of messages whose
         bodies lie back to back (consecutive indices), so long runs cost one slice, not one per message.
@@ -137,7 +137,9 @@ class MessageBlock:
         bodies = memoryview(self.bodies)
         body = b"".join([bodies[a:b] for a, b in zip(starts.tolist(), stops.tolist(), strict=True)])
         headers = np.frombuffer(self.headers, dtype=_HEADER_RECORD, count=self.count)[indices].tobytes()
-        return MessageBlock(len(indices), headers, body)
+        block = MessageBlock(len(indices), headers, body)
+        block.ticket = self.ticket
+        return block
 
     @staticmethod
     def concat(blocks: Sequence[MessageBlock]) -> MessageBlock:
