@@ -281,6 +281,11 @@ class Distributor:
     def register(self, conn: IngestConnection) -> None:
         self.connections.add(conn)
         if self.paused:
+            # uvloop ignores pause_reading() inside connection_made: pause right after it returns
+            asyncio.get_running_loop().call_soon(self._pause_if_paused, conn)
+
+    def _pause_if_paused(self, conn: IngestConnection) -> None:
+        if self.paused and conn in self.connections:
             conn.pause()
 
     def unregister(self, conn: IngestConnection) -> None:

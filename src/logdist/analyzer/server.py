@@ -141,7 +141,11 @@ class AnalyzerProtocol(asyncio.Protocol):
         if self.server.retry_rate and random.random() < self.server.retry_rate:
             out.append(encode_ack(batch.seq, AckStatus.RETRY))  # play an unhealthy analyzer: not processed
             return
+        failures_before = self.stats.checksum_failures
         self.stats.record(batch.block, time.time_ns())
+        if self.stats.checksum_failures > failures_before:  # corrupted on the way: never ack it
+            bad = self.stats.checksum_failures - failures_before
+            raise ProtocolError(ErrorCode.BAD_BATCH, f"{bad} messages of batch {batch.seq} fail their CRC-32")
         if self.server.journal is not None:
             self.server.journal.record(batch.block)  # before the ack leaves: survives kill -9
         ack = encode_ack(batch.seq, AckStatus.OK)

@@ -149,7 +149,7 @@ class LinkCore:
         count = sum(part.count for part in parts)
         self.in_flight_messages -= count
         if status == AckStatus.OK:
-            if sent_at is not None:
+            if sent_at is not None and parts:
                 oldest_ns = min(int(part.array["ts"].min()) for part in parts)
                 age = max(0.0, (time.time_ns() - oldest_ns) / 1e9) if oldest_ns else 0.0
                 metrics.observe_delivery(self.name, time.monotonic() - sent_at, age, count)
@@ -235,6 +235,7 @@ class StreamLink(LinkCore, asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._ready: asyncio.Future[None] | None = None
         self._last_rx = 0.0
+        self._last_buffered = 0
         self._ping_token = 0
         self._backoff = Backoff(config.backoff_initial_s, config.backoff_max_s)
         self._runner: asyncio.Task[None] | None = None
@@ -310,7 +311,13 @@ class StreamLink(LinkCore, asyncio.Protocol):
                 if self._lost.is_set() or self.state == LinkState.CLOSED:
                     return
                 continue  # a dial-in link waiting for its weight
-            silent = time.monotonic() - self._last_rx
+            now = time.monotonic()
+            if self._transport is not None:  # bytes still leaving on a slow link: not hung
+                buffered = self._transport.get_write_buffer_size()
+                if buffered < self._last_buffered:
+                    self._last_rx = max(self._last_rx, now - cfg.heartbeat_interval_s)
+                self._last_buffered = buffered
+            silent = now - self._last_rx
             if silent > cfg.ack_timeout_s and (self.in_flight or self._ping_token):
                 self._fail(f"analyzer silent for {silent:.2f}s with work outstanding (hung?)")
                 return
