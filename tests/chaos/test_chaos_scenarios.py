@@ -153,9 +153,9 @@ def test_corrupted_stream_is_closed_with_a_protocol_error_and_others_are_unaffec
 
 @pytest.mark.xfail(
     strict=True,
-    reason="no end-to-end integrity check: the analyzer acks batches whose payload CRCs fail, and a flipped "
-    "stream/seq field is undetectable (message headers and frames carry no checksum), so a corrupted message is "
-    "acknowledged under another id",
+    reason="known gap: payload corruption is caught (the analyzer refuses a batch whose CRCs fail and it is "
+    "rerouted), but a flipped stream/seq/length field is undetectable because message headers and frames carry no "
+    "checksum of their own, so such a message can be acknowledged under another id",
 )
 def test_sparse_bit_flips_are_never_acknowledged(tmp_path: Path) -> None:
     with ProcessGroup() as procs:
