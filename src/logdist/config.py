@@ -66,6 +66,8 @@ class DeliveryConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     backoff_max_s: float = 2.0
     slow_start_s: float = 5.0
     compression: str | None = None  # "zstd" or "lz4" towards analyzers that accept it
+    max_queue_messages: int = 0  # per-analyzer queue bound (0: only the global memory bound applies)
+    when_full: str = "block"  # at the bound: "block" (backpressure), "drop_newest" or "drop_lowest_priority"
 
 
 class BreakerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -186,6 +188,8 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 raise ConfigError(f"delivery.{key}: must be a non-negative number, got {value}")
         if d.max_batch_messages < 1 or d.window < 1:
             raise ConfigError("delivery.max_batch_messages and delivery.window must be at least 1")
+        if d.when_full not in ("block", "drop_newest", "drop_lowest_priority") or d.max_queue_messages < 0:
+            raise ConfigError("delivery.when_full: block, drop_newest or drop_lowest_priority; max_queue_messages >= 0")
         if d.compression not in (None, "zstd", "lz4"):
             raise ConfigError(f"delivery.compression: must be 'zstd' or 'lz4', got {d.compression!r}")
         b = self.breaker

@@ -75,6 +75,7 @@ class Distributor:
         self.resume_below = 0
         self.backpressured = False  # pending_bytes went over the bound
         self.operator_paused = False  # paused through the admin API
+        self.queue_blocked = False  # an analyzer queue reached delivery.max_queue_messages ("block" policy)
         self.set_limits(config.limits)
         self.connections: set[IngestConnection] = set()
         self.accepted_messages = 0
@@ -259,7 +260,7 @@ class Distributor:
     @property
     def paused(self) -> bool:
         """Whether ingest is paused (backpressure or operator)."""
-        return self.backpressured or self.operator_paused
+        return self.backpressured or self.operator_paused or self.queue_blocked
 
     def _apply_reading(self) -> None:
         for conn in self.connections:
@@ -329,7 +330,12 @@ class Distributor:
         routed = self.plan.route(block)
         links = self.links
         for name, part in routed.runs:
-            links[name].enqueue(part)
+            link = links[name]
+            link.enqueue(part)
+            # "block" policy: a full analyzer queue stops ingest until it has drained to half
+            if link.queue.full and link.queue.when_full == "block" and not self.queue_blocked:
+                self.queue_blocked = True
+                self._apply_reading()
         for part in routed.unroutable:
             self.parked.append(part)
             self.parked_messages += part.count
@@ -339,8 +345,26 @@ class Distributor:
                 part.ticket.settle(part.count)
             self._release(part.nbytes)
 
+    def dropped(self, link: LinkCore, blocks: list[MessageBlock], reason: str) -> None:
+        """A link dropped ``blocks`` by its queue policy: count them by reason, release their memory."""
+        count = sum(block.count for block in blocks)
+        self.drops[reason] += count
+        for block in blocks:
+            if block.ticket is not None:
+                block.ticket.settle(block.count, rejected=True)
+        if self.drops[reason] == count or self.drops[reason] // 100_000 != (self.drops[reason] - count) // 100_000:
+            log.warning(
+                "analyzer %s queue full: %d messages dropped so far (%s)", link.name, self.drops[reason], reason
+            )
+        self._release(sum(block.nbytes for block in blocks))
+
     def _release(self, nbytes: int) -> None:
         self.pending_bytes -= nbytes
+        if self.queue_blocked and not any(
+            len(link.queue) > (link.queue.max_queue_messages or 0) // 2 for link in self.links.values()
+        ):
+            self.queue_blocked = False
+            self._apply_reading()
         if self.backpressured and self.pending_bytes <= self.resume_below:
             self.backpressured = False
             self._apply_reading()
@@ -536,6 +560,7 @@ class Distributor:
             "paused": self.paused,
             "backpressured": self.backpressured,
             "operator_paused": self.operator_paused,
+            "queue_blocked": self.queue_blocked,
             "route_table_version": self._table_version,
             "route_tables": self.plan.tables(),
             "spool": self.accepted_log.stats() if self.accepted_log is not None else None,
@@ -584,6 +609,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--spool-dir", metavar="DIR", help="durable spool directory (needed for --ack durable)")
     parser.add_argument("--spool-fsync", choices=("batch", "interval", "never"), help="spool fsync policy (batch)")
+    parser.add_argument("--window", type=int, help="batches in flight per analyzer (default 16)")
+    parser.add_argument("--max-queue-messages", type=int, help="per-analyzer queue bound (0: none, the default)")
+    parser.add_argument(
+        "--when-full",
+        choices=("block", "drop_newest", "drop_lowest_priority"),
+        help="at the per-analyzer bound: block (backpressure, default), drop_newest or drop_lowest_priority",
+    )
     parser.add_argument("--linger-ms", type=float, help="max time a message waits to fill a batch (default 2)")
     parser.add_argument("--ack-timeout", type=float, help="seconds of analyzer silence that count as hung (0.75)")
     parser.add_argument("--slow-start", type=float, help="seconds a recovered analyzer takes to reach its weight (5)")
@@ -618,6 +650,12 @@ def build_config(args: argparse.Namespace) -> Config:
         config.spool.path = args.spool_dir
     if args.spool_fsync:
         config.spool.fsync = args.spool_fsync
+    if args.window is not None:
+        config.delivery.window = args.window
+    if args.max_queue_messages is not None:
+        config.delivery.max_queue_messages = args.max_queue_messages
+    if args.when_full:
+        config.delivery.when_full = args.when_full
     if args.linger_ms is not None:
         config.delivery.linger_ms = args.linger_ms
     if args.ack_timeout is not None:

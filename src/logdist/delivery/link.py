@@ -47,6 +47,7 @@ class LinkOwner(Protocol):
     def weight_changed(self, link: LinkCore) -> None: ...
     def breaker_opened(self, link: LinkCore) -> None: ...
     def reroute(self, link: LinkCore, blocks: list[MessageBlock]) -> None: ...
+    def dropped(self, link: LinkCore, blocks: list[MessageBlock], reason: str) -> None: ...
     def delivered(self, link: LinkCore, parts: list[MessageBlock]) -> None: ...
     def rejected(self, link: LinkCore, parts: list[MessageBlock]) -> None: ...
 
@@ -71,7 +72,7 @@ class LinkCore:
         self.config = config
         self.owner = owner
         self.state = LinkState.DOWN
-        self.queue = Coalescer(config.max_batch_messages)
+        self.queue = Coalescer(config.max_batch_messages, config.max_queue_messages or None, config.when_full)
         self.in_flight: dict[int, list[MessageBlock]] = {}
         self.in_flight_messages = 0
         self.delivered_messages = 0
@@ -107,8 +108,10 @@ class LinkCore:
         return self._take_orphans()
 
     def enqueue(self, block: MessageBlock) -> None:
-        """Queue ``block``; it leaves when a batch fills or the linger expires."""
-        self.queue.add(block)
+        """Queue ``block``; it leaves when a batch fills or the linger expires. At the queue bound the
+        drop policy may drop messages (the owner counts them); "block" leaves backpressure to the owner."""
+        if self.queue.add(block):
+            self.owner.dropped(self, self.queue.last_dropped, f"queue_full_{self.queue.when_full}")
         if self.state != LinkState.UP:
             return
         if self.queue.messages >= self.config.max_batch_messages or self.config.linger_ms <= 0:
