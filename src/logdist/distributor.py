@@ -295,7 +295,7 @@ class Distributor:
     def bad_input(self, conn: IngestConnection, error: ProtocolError) -> None:
         self.bad_frames += 1
         log.warning(
-            "closing emitter connection %s (%s): %s", conn.conn_id, conn.peer, error,
+            "bad input from emitter connection %s (%s): %s", conn.conn_id, conn.peer, error,
             extra={"conn": conn.conn_id, "peer": conn.peer},
         )  # fmt: skip
 
@@ -580,7 +580,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KIND=HOST:PORT",
-        help="an extra ingest listener (repeatable); KIND: legacy (the original emitters' protocol), ...",
+        help="an extra ingest listener (repeatable); KIND: legacy (the original emitters' frames), http "
+        "(POST /v1/packets, /v1/logs), lines (NDJSON or text over TCP), syslog (RFC 6587 over TCP)",
     )
     parser.add_argument(
         "--analyzer",
