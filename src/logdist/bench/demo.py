@@ -288,6 +288,8 @@ def run_demo(args: argparse.Namespace, workdir: Path, out: TextIO) -> dict[str, 
             workdir, args.analyzers, children, serve_args=["--slow-start", f"{slow_start:g}"], journal=True
         )
         cluster.start()
+        admin = cluster.distributor.ready["admin"]
+        print(f"dashboard: http://{admin}/dashboard   (metrics: http://{admin}/metrics)", file=out, flush=True)
         demo = Demo(args, cluster, LiveTable(out))
         if demo.victim not in cluster.names:
             raise ProcError(f"--victim {demo.victim!r} is not one of {', '.join(cluster.names)}")
