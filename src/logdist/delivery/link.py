@@ -114,8 +114,8 @@ class LinkCore:
             self.owner.dropped(self, self.queue.last_dropped, f"queue_full_{self.queue.when_full}")
         if self.state != LinkState.UP:
             return
-        if not self.in_flight or self.queue.messages >= self.config.max_batch_messages or self.config.linger_ms <= 0:
-            self._flush()  # an idle link sends at once; a busy one lingers to coalesce (like Nagle, bounded)
+        if self.queue.messages >= self.config.max_batch_messages or self.config.linger_ms <= 0:
+            self._flush()
         elif self._linger is None:
             self._linger = asyncio.get_running_loop().call_later(self.config.linger_ms / 1000, self._linger_expired)
 
