@@ -153,7 +153,7 @@ class LinkCore:
         self.in_flight_messages -= count
         if status == AckStatus.OK:
             if sent_at is not None and parts:
-                oldest_ns = min(int(part.array["ts"].min()) for part in parts)
+                oldest_ns = int(parts[0].array["ts"][0])  # queues are FIFO per class: the first is the oldest
                 age = max(0.0, (time.time_ns() - oldest_ns) / 1e9) if oldest_ns else 0.0
                 metrics.observe_delivery(self.name, time.monotonic() - sent_at, age, count)
             self.delivered_messages += count
