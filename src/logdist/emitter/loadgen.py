@@ -65,9 +65,9 @@ class PayloadPool:
         payloads: list[bytes] = []
         severities: list[int] = []
         for i in range(count):
-            name, severity, _ = rng.choice(levels)
+            name, syslog_severity, _ = rng.choice(levels)
             payloads.append(_log_line(rng, i, name, size))
-            severities.append(severity)
+            severities.append(syslog_severity * 32)  # logdist's scale: syslog severity s -> s * 32
         self.size = size
         self.count = count
         reps = 1 + math.ceil(batch / count)  # so that start + batch <= len for every start < count
