@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("logdist.bench.runner", "benchmark distributor + analyzers + emitters as separate processes"),
     "demo": ("logdist.bench.demo", "~30 s local demo: weights, an analyzer failing and returning, a summary"),
     "chaos": ("logdist.chaos.cli", "a fault-injecting TCP proxy (latency, bandwidth, resets, partitions, ...)"),
+    "pool": ("logdist.pool.cli", "run and autoscale a pool of local analyzer processes behind a distributor"),
 }
 
 

@@ -33,6 +33,7 @@ class AnalyzerConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     kind: str = "native"
     content_encoding: str | None = None  # webhook request bodies: "gzip" or "zstd"
     group: str = "default"  # route group (see [[groups]])
+    failure_policy: str = "reroute"  # while down: "reroute" (share to the others) or "hold" (spool its share)
 
 
 class GroupConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -98,6 +99,17 @@ class LimitsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_pending_mb: float = 64.0
     resume_pending_fraction: float = 0.5
     max_frame_mb: float = 64.0
+    when_full: str = "block"  # past max_pending_mb: "block" (stop reading) or "spill" (to the spool, keep reading)
+
+
+class TracingConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """OpenTelemetry tracing (off by default): per-batch receive, route and deliver spans."""
+
+    enabled: bool = False
+    sample_ratio: float = 0.01  # share of batches traced
+    exporter: str = "otlp"  # "otlp" (OTLP/HTTP), "console" (JSON spans on stderr) or "memory" (tests)
+    otlp_endpoint: str | None = None  # collector base URL, e.g. http://127.0.0.1:4318 (default: the SDK's)
+    service_name: str = "logdist"
 
 
 class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -115,6 +127,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
     spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
+    tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
     drain_timeout_s: float = 10.0
     ack: str = "accepted"  # emitters' batch ack: "accepted" (in memory), "durable" (spool fsync), "delivered"
     dedup_window: int = 4096  # batch seqs remembered per emitter session to drop retransmissions (0: off)
@@ -135,6 +148,15 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError("ack: 'durable' needs a spool: set spool.path (or --spool-dir)")
         if self.spool.fsync not in ("batch", "interval", "never") or self.spool.max_mb <= 0:
             raise ConfigError("spool: fsync must be batch, interval or never, and max_mb > 0")
+        if self.limits.when_full not in ("block", "spill"):
+            raise ConfigError(f"limits.when_full: must be block or spill, got {self.limits.when_full!r}")
+        if self.limits.when_full == "spill" and not self.spool.path:
+            raise ConfigError("limits.when_full = 'spill' needs a spool: set spool.path (or --spool-dir)")
+        for i, analyzer in enumerate(self.analyzers):
+            if analyzer.failure_policy not in ("reroute", "hold"):
+                raise ConfigError(f"analyzers[{i}].failure_policy: must be reroute or hold")
+            if analyzer.failure_policy == "hold" and not self.spool.path:
+                raise ConfigError(f"analyzers[{i}].failure_policy: 'hold' needs a spool: set spool.path")
         if self.dedup_window < 0:
             raise ConfigError(f"dedup_window: must be >= 0, got {self.dedup_window}")
         for i, listener in enumerate(self.listeners):
@@ -199,8 +221,10 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError("breaker: max_ejected_fraction in [0, 1], 0 <= base_ejection_s <= max_ejection_s")
         if self.limits.max_pending_mb <= 0 or not 0 < self.limits.resume_pending_fraction < 1:
             raise ConfigError("limits: max_pending_mb must be > 0 and resume_pending_fraction in (0, 1)")
+        t = self.tracing
+        if t.exporter not in ("otlp", "console", "memory") or not 0 <= t.sample_ratio <= 1:
+            raise ConfigError("tracing: exporter must be otlp, console or memory and sample_ratio in [0, 1]")
         return self
-
 
     def group_weights(self) -> dict[str, float]:
         """Route group -> weight; without [[groups]] one group, "default", holds every analyzer."""

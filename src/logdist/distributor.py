@@ -26,14 +26,14 @@ from logdist.config import (
     parse_analyzer_flag,
     parse_ingest_flag,
 )
-from logdist.control import metrics
+from logdist.control import metrics, tracing
 from logdist.control.logs import configure_logging
 from logdist.delivery.breaker import BreakerPolicy, BreakerState, ejection_budget
 from logdist.delivery.link import LinkCore, LinkState, StreamLink
 from logdist.delivery.webhook import WebhookLink
 from logdist.delivery.wires import LegacyWire, LinesWire, NativeWire
 from logdist.ingest.base import IngestConnection
-from logdist.ingest.dedup import DedupWindow
+from logdist.ingest.dedup import DedupWindow, Ticket
 from logdist.ingest.listeners import STARTERS, Listener, ServerListener
 from logdist.routing.plan import RoutingPlan
 from logdist.routing.rules import Rule
@@ -83,6 +83,13 @@ class Distributor:
         self.rerouted_messages = 0
         self.bad_frames = 0
         self.drops: Counter[str] = Counter()
+        self._closed_emitters: Counter[str] = Counter()  # messages of closed connections, by client id
+        self.spilled_messages = 0
+        self.held_messages = 0
+        self._spooled_tickets: dict[tuple[str, int], Ticket] = {}  # spill/hold records whose emitter waits
+        self._spill_wake = asyncio.Event()
+        self._spill_after: int | None = None
+        self._unspill_task: asyncio.Task[None] | None = None
         self.listen_address: str | None = None
         self.dedup = DedupWindow(config.dedup_window) if config.dedup_window else None
         self.accepted_log: AcceptedLog | None = None
@@ -122,6 +129,8 @@ class Distributor:
             self._replay_task = asyncio.get_running_loop().create_task(
                 self.accepted_log.replay(self._take_replayed, self._room)
             )
+            if self.accepted_log.depth("spill"):  # spilled by the previous run
+                self._unspill_task = asyncio.get_running_loop().create_task(self._unspill())
 
     def _take_replayed(self, block: MessageBlock) -> None:
         self.pending_bytes += block.nbytes
@@ -154,6 +163,7 @@ class Distributor:
                 spec.name, spec.address, spec.weight, delivery, self, wires[spec.kind], kind=spec.kind,
                 breaker_policy=self.breaker_policy,
             )  # fmt: skip
+        link.hold = spec.failure_policy == "hold"
         self.links[spec.name] = link
         link.start()
         return link
@@ -228,8 +238,9 @@ class Distributor:
             await listener.close()
         for conn in list(self.connections):
             conn.close()
-        if self._replay_task is not None:
-            self._replay_task.cancel()
+        for task in (self._replay_task, self._unspill_task):
+            if task is not None:
+                task.cancel()  # what is still in the spool stays there for the next start
         try:
             await asyncio.wait_for(self._wait_idle(), deadline_s)
         except TimeoutError:
@@ -291,6 +302,23 @@ class Distributor:
 
     def unregister(self, conn: IngestConnection) -> None:
         self.connections.discard(conn)
+        client = getattr(conn, "client_id", None) or "anonymous"
+        self._closed_emitters[client] += getattr(conn, "messages", 0)
+        if len(self._closed_emitters) > 4 * metrics.EMITTER_SERIES:  # bounded: fold the smallest into "other"
+            for name, count in self._closed_emitters.most_common()[metrics.EMITTER_SERIES :]:
+                del self._closed_emitters[name]
+                self._closed_emitters["other"] += count
+
+    def emitter_totals(self, top: int) -> dict[str, int]:
+        """Messages accepted per emitter client id (open and closed connections): the ``top`` busiest and the
+        rest summed as "other" (bounded label cardinality for metrics)."""
+        totals = Counter(self._closed_emitters)
+        for conn in self.connections:
+            totals[getattr(conn, "client_id", None) or "anonymous"] += getattr(conn, "messages", 0)
+        other = totals.pop("other", 0)
+        busiest = totals.most_common(top)
+        other += sum(totals.values()) - sum(count for _, count in busiest)
+        return {**dict(busiest), **({"other": other} if other else {})}
 
     def bad_input(self, conn: IngestConnection, error: ProtocolError) -> None:
         self.bad_frames += 1
@@ -308,14 +336,25 @@ class Distributor:
             if durable is not None:
                 durable(AckStatus.OK)
             return
+        if (
+            self.accepted_log is not None
+            and self.pending_bytes > self.max_pending
+            and self.config.limits.when_full == "spill"
+        ):
+            self._spill(block, durable)
+            return
         if durable is not None:
             if self.accepted_log is None:
                 durable(AckStatus.RETRY)
                 return
             self.accepted_log.make_durable(block, durable)
         self.pending_bytes += block.nbytes
-        self._route(block)
-        if self.pending_bytes > self.max_pending and not self.backpressured:
+        if (tracer := tracing.tracer) is None:  # tracing off: this check is its only cost
+            self._route(block)
+        else:  # tracing: a route span around routing (sampled batches)
+            tracer.route(block, self._route)
+        spilling = self.accepted_log is not None and self.config.limits.when_full == "spill"
+        if self.pending_bytes > self.max_pending and not self.backpressured and not spilling:
             self.backpressured = True
             self._apply_reading()
 
@@ -331,6 +370,9 @@ class Distributor:
         links = self.links
         for name, part in routed.runs:
             link = links[name]
+            if link.hold and link.state != LinkState.UP and self.accepted_log is not None:
+                self._hold(link, part)
+                continue
             link.enqueue(part)
             # "block" policy: a full analyzer queue stops ingest until it has drained to half
             if link.queue.full and link.queue.when_full == "block" and not self.queue_blocked:
@@ -344,6 +386,100 @@ class Distributor:
             if part.ticket is not None:
                 part.ticket.settle(part.count)
             self._release(part.nbytes)
+
+    # -- spill (limits.when_full = "spill") and hold (failure_policy = "hold") ---------------------------
+
+    def _spill(self, block: MessageBlock, durable: Callable[[AckStatus], None] | None) -> None:
+        """Past the memory bound: write ``block`` to the spool instead of holding it; it is routed later."""
+        assert self.accepted_log is not None
+        ticket = block.ticket
+
+        def written(record: int | None) -> None:
+            if record is None:  # the spool is full too: not accepted when durable, else held in memory
+                if durable is not None:
+                    durable(AckStatus.RETRY)
+                    return
+                self.pending_bytes += block.nbytes
+                self._route(block)
+                if not self.backpressured:
+                    self.backpressured = True
+                    self._apply_reading()
+                return
+            if durable is not None:
+                durable(AckStatus.OK)
+            if ticket is not None:
+                self._spooled_tickets[("spill", record)] = ticket
+            self.spilled_messages += block.count
+            self._spill_wake.set()
+            if self._unspill_task is None or self._unspill_task.done():
+                self._unspill_task = asyncio.get_running_loop().create_task(self._unspill())
+
+        self.accepted_log.put("spill", block, written)
+
+    async def _unspill(self) -> None:
+        """Route spilled batches back, oldest first, as memory allows."""
+        assert self.accepted_log is not None
+        while True:
+            self._spill_wake.clear()
+            self._spill_after = await self.accepted_log.drain(
+                "spill", lambda record, block: self._from_spool("spill", record, block, None), self._room,
+                self._spill_after,
+            )  # fmt: skip
+            if not self._spill_wake.is_set():
+                return
+
+    def _from_spool(self, queue: str, record: int, block: MessageBlock, link: LinkCore | None) -> None:
+        """A batch read back from a spill or hold queue: routed (or sent to ``link``); its record is deleted
+        once every message was delivered."""
+        assert self.accepted_log is not None
+        ticket = self._spooled_tickets.pop((queue, record), None) or Ticket(block.count)
+        ticket.spool_queue = queue
+        ticket.callbacks.append(lambda: self.accepted_log.forget_from(queue, record))  # type: ignore[union-attr]
+        block.ticket = ticket
+        self.pending_bytes += block.nbytes
+        if link is None:
+            self._route(block)
+        else:
+            link.enqueue(block)
+
+    def _hold(self, link: LinkCore, part: MessageBlock) -> None:
+        """``link`` is down and holds its share: spool ``part`` for it instead of rerouting."""
+        assert self.accepted_log is not None
+        queue = f"hold:{link.name}"
+        ticket = part.ticket
+        if ticket is not None and ticket.spool_queue == queue:
+            self._release(part.nbytes)  # read back from this very queue: its record is still on disk
+            return
+
+        def written(record: int | None) -> None:
+            if record is None:  # spool full: keep it in the link's memory queue until it is back
+                link.enqueue(part)
+                return
+            if ticket is not None:
+                self._spooled_tickets[(queue, record)] = ticket
+            self.held_messages += part.count
+            self._release(part.nbytes)
+
+        self.accepted_log.put(queue, part, written)
+
+    async def _replay_held(self, link: LinkCore) -> None:
+        """Send ``link`` what was held for it while it was down, paced by its queue and the memory bound."""
+        assert self.accepted_log is not None
+        queue = f"hold:{link.name}"
+        limit = 2 * self.config.delivery.max_batch_messages
+
+        async def room() -> None:
+            while link.state == LinkState.UP and (len(link.queue) > limit or self.pending_bytes > self.resume_below):
+                await asyncio.sleep(0.02)
+            if link.state != LinkState.UP:
+                raise asyncio.CancelledError  # down again: the rest stays on disk for next time
+
+        try:
+            await self.accepted_log.drain(
+                queue, lambda record, block: self._from_spool(queue, record, block, link), room
+            )
+        except asyncio.CancelledError:
+            pass
 
     def dropped(self, link: LinkCore, blocks: list[MessageBlock], reason: str) -> None:
         """A link dropped ``blocks`` by its queue policy: count them by reason, release their memory."""
@@ -406,12 +542,18 @@ class Distributor:
         self.rebuild_table()
         if link.ever_up and self.slow_start.window_s > 0:
             self._ensure_ramp()
+        if link.hold and self.accepted_log is not None and self.accepted_log.depth(f"hold:{link.name}"):
+            asyncio.get_running_loop().create_task(self._replay_held(link))
         self._unpark()
 
     def link_down(self, link: LinkCore, orphans: list[MessageBlock]) -> None:
         self.rebuild_table()
         if link.breaker.state != BreakerState.CLOSED:
             self._ensure_ramp()
+        if link.hold and self.accepted_log is not None:
+            for block in orphans:
+                self._hold(link, block)  # its own partition: kept for it, not rerouted
+            return
         self.reroute(link, orphans)
 
     def link_gone(self, link: LinkCore) -> None:
@@ -437,6 +579,8 @@ class Distributor:
     def effective_weight(self, link: LinkCore, now: float, ejectable: frozenset[str] = frozenset()) -> float:
         """Configured weight, ramped by slow start after a recovery, probe-sized while half-open; 0 while
         down, drained or ejected by its circuit breaker (unless the panic threshold keeps it in)."""
+        if link.hold and link.state in (LinkState.DOWN, LinkState.CONNECTING) and self.accepted_log is not None:
+            return 0.0 if link.drained else link.weight  # its share is spooled for it while it is away
         if link.state != LinkState.UP or link.up_since is None or link.drained:
             return 0.0
         breaker = link.breaker
@@ -553,6 +697,8 @@ class Distributor:
                 "connections": len(self.connections),
             },
             "rerouted": self.rerouted_messages,
+            "spilled": self.spilled_messages,
+            "held": self.held_messages,
             "deduplicated_batches": self.dedup.duplicates if self.dedup else 0,
             "drops": dict(self.drops),
             "parked": self.parked_messages,
@@ -622,6 +768,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slow-start", type=float, help="seconds a recovered analyzer takes to reach its weight (5)")
     parser.add_argument("--max-pending-mb", type=float, help="memory bound before ingest is paused (default 64)")
     parser.add_argument("--drain-timeout", type=float, help="seconds to deliver held messages on SIGTERM (10)")
+    parser.add_argument(
+        "--tracing", choices=("off", *tracing.EXPORTERS), help="OpenTelemetry per-batch spans: exporter (default off)"
+    )
+    parser.add_argument("--tracing-sample-ratio", type=float, help="share of batches traced (default 0.01)")
+    parser.add_argument("--otlp-endpoint", metavar="URL", help="OTLP/HTTP collector, e.g. http://127.0.0.1:4318")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     parser.add_argument(
         "--log-format", choices=("text", "json"), default="text", help="stderr log lines: text or one JSON object each"
@@ -667,6 +818,13 @@ def build_config(args: argparse.Namespace) -> Config:
         config.limits.max_pending_mb = args.max_pending_mb
     if args.drain_timeout is not None:
         config.drain_timeout_s = args.drain_timeout
+    if args.tracing:  # tracing flags
+        config.tracing.enabled = args.tracing != "off"
+        config.tracing.exporter = args.tracing if args.tracing != "off" else config.tracing.exporter
+    if args.tracing_sample_ratio is not None:
+        config.tracing.sample_ratio = args.tracing_sample_ratio
+    if args.otlp_endpoint:
+        config.tracing.otlp_endpoint = args.otlp_endpoint
     return config.validate()
 
 
@@ -692,10 +850,12 @@ async def serve(config: Config, stop: asyncio.Event, config_path: str | None = N
     from logdist.control.reload import ConfigReloader
 
     distributor = Distributor(config)
+    tracing.setup(config.tracing)  # tracing: off (tracer None) unless enabled
     try:
         await distributor.start()
     except OSError as exc:
         print(f"logdist serve: cannot listen: {exc}", file=sys.stderr)
+        tracing.shutdown()
         return 1
     reloader = ConfigReloader(distributor, config_path) if config_path else None
     loop = asyncio.get_running_loop()
@@ -730,4 +890,5 @@ async def serve(config: Config, stop: asyncio.Event, config_path: str | None = N
         log.info("drained: every accepted message was delivered")
     if admin is not None:
         await admin.stop()
+    tracing.shutdown()  # tracing: flush the spans still buffered
     return 0

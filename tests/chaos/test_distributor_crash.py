@@ -101,3 +101,30 @@ def test_sigterm_spools_what_was_not_delivered_and_the_next_start_delivers_it(tm
         assert stats(admin)["spool"]["replayed"] > 0
         assert lost(tmp_path, ["a1"], summary["streams"]) == 0
         assert restarted.terminate() == 0
+
+
+def test_spool_full_tells_emitters_to_retry_and_loses_nothing(tmp_path: Path) -> None:
+    with ProcessGroup() as procs:
+        a1 = procs.analyzer("--journal", tmp_path / "a1.journal", name="a1")
+        config = tmp_path / "logdist.toml"
+        config.write_text(
+            'listen = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\nack = "durable"\n'
+            f'[spool]\npath = "{tmp_path / "spool"}"\nmax_mb = 3\n'
+            f'[[analyzers]]\nname = "a1"\naddress = "127.0.0.1:{a1.port}"\n'
+        )
+        distributor = procs.start("serve", "--config", config)
+        admin = distributor.ready["admin"]
+        a1.signal(signal.SIGSTOP)  # nothing is delivered, so nothing leaves the spool: it fills up
+        emitter = procs.start(
+            "emit", "--target", distributor.ready["listen"], "--rate", "20000", "--duration", "2",
+            "--connections", "1", "--batch", "1000", "--json", "--quiet", ready=False,
+        )  # fmt: skip
+        wait_until(lambda: stats(admin)["spool"]["append_failures"] > 0, 20, "the spool refuses appends when full")
+        assert distributor.alive
+        a1.signal(signal.SIGCONT)
+        assert emitter.wait(60) == 0, emitter.describe()
+        summary = emitter.wait_event("summary")
+        assert summary["acked"] == summary["sent"] and summary["retried"] > 0
+        wait_until(lambda: stats(admin)["spool"]["records"] == 0, 30, "spool drained")
+        assert lost(tmp_path, ["a1"], summary["streams"]) == 0
+        assert distributor.terminate() == 0

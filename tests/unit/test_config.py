@@ -25,7 +25,7 @@ def test_toml_file_loads(tmp_path: Path) -> None:
     path = tmp_path / "logdist.toml"
     path.write_text(
         'listen = "127.0.0.1:0"\n'
-        "[[analyzers]]\nname = \"a\"\naddress = \"127.0.0.1:9001\"\nweight = 3\n"
+        '[[analyzers]]\nname = "a"\naddress = "127.0.0.1:9001"\nweight = 3\n'
         "[delivery]\nlinger_ms = 1.5\n"
     )
     config = load(path)
@@ -37,8 +37,8 @@ def test_toml_file_loads(tmp_path: Path) -> None:
     ("body", "message"),
     [
         ("listen = 5\n", "listen"),
-        ("[[analyzers]]\nname = \"a\"\naddress = \"nowhere\"\n", "analyzers\\[0\\].address"),
-        ("[[analyzers]]\nname = \"a\"\naddress = \"h:1\"\nweight = -1\n", "analyzers\\[0\\].weight"),
+        ('[[analyzers]]\nname = "a"\naddress = "nowhere"\n', "analyzers\\[0\\].address"),
+        ('[[analyzers]]\nname = "a"\naddress = "h:1"\nweight = -1\n', "analyzers\\[0\\].weight"),
         ("[delivery]\nlinger = 3\n", "linger"),
         ("listen = \n", "invalid TOML"),
     ],

@@ -282,3 +282,17 @@ def test_admin_profile_endpoint() -> None:
             assert (await client.get("/debug/profile", params={"seconds": bad})).status == 400
 
     asyncio.run(_with_admin(dist, check))
+
+
+def test_per_emitter_totals_are_bounded_and_fold_the_rest_into_other(dist: Distributor) -> None:
+    class Conn:
+        def __init__(self, client_id: str, messages: int) -> None:
+            self.client_id, self.messages, self.peer, self.conn_id = client_id, messages, "?", 0
+
+    for i in range(300):
+        dist.unregister(Conn(f"e{i}", i))  # closed connections are remembered, bounded
+    dist.connections.add(Conn("busy", 10_000))  # type: ignore[arg-type]
+    totals = dist.emitter_totals(5)
+    assert next(iter(totals)) == "busy" and len(totals) == 6 and "other" in totals
+    assert sum(totals.values()) == 10_000 + sum(range(300)), "nothing is lost by folding"
+    dist.connections.clear()

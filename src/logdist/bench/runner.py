@@ -292,6 +292,8 @@ def command_line(args: argparse.Namespace) -> str:
     argv += ["--size", str(args.size), "--batch", str(args.batch), "--connections", str(args.connections)]
     if args.emitters != 1:
         argv += ["--emitters", str(args.emitters)]
+    if args.ack != "accepted":
+        argv += ["--ack", args.ack]
     return shlex.join(argv)
 
 
@@ -332,7 +334,10 @@ def run_bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Run one benchmark and return its report."""
     weights: list[float] = args.analyzers
     with Children() as children:
-        cluster = Cluster(workdir, weights, children)
+        serve_args = ["--ack", args.ack]
+        if args.ack == "durable":
+            serve_args += ["--spool-dir", str(workdir / "spool")]
+        cluster = Cluster(workdir, weights, children, serve_args=serve_args)
         cluster.start()
         distributor = cluster.distributor
         assert distributor is not None
@@ -448,6 +453,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=parse_rate, default=None, help="total msgs/s, or max (default max)")
     parser.add_argument("--size", type=int, default=200, help="payload bytes per message (default 200)")
     parser.add_argument("--batch", type=_positive_int, default=1000, help="messages per emitter batch (1000)")
+    parser.add_argument(
+        "--ack",
+        choices=("accepted", "durable", "delivered"),
+        default="accepted",
+        help="the distributor's ack mode (durable: a spool in the work directory, batch fsync)",
+    )
     parser.add_argument("--connections", type=_positive_int, default=4, help="connections per emitter (default 4)")
     parser.add_argument("--emitters", type=_positive_int, default=1, help="emitter processes (default 1)")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")

@@ -37,6 +37,9 @@ BUCKETS: tuple[float, ...] = (
 
 _BUCKET_NAMES: tuple[str, ...] = (*map(floatToGoString, BUCKETS), "+Inf")
 
+# Per-emitter series are bounded: the busiest EMITTER_SERIES client ids, the rest summed as "other".
+EMITTER_SERIES = 50
+
 # Link states exported as one 0/1 series each (the values of LinkState).
 LINK_STATES: tuple[str, ...] = ("connecting", "up", "down", "closed")
 
@@ -203,6 +206,14 @@ class DistributorCollector(Collector):
             "logdist_ingest_bad_frames", "Emitter connections closed for bad input.", value=dist.bad_frames
         )
         yield GaugeMetricFamily("logdist_ingest_connections", "Open ingest connections.", value=len(dist.connections))
+        per_emitter = _counter(
+            "logdist_ingest_emitter_messages",
+            f"Messages accepted per emitter client id (the {EMITTER_SERIES} busiest; the rest as 'other').",
+            ["emitter"],
+        )
+        for emitter, count in dist.emitter_totals(EMITTER_SERIES).items():
+            per_emitter.add_metric([emitter], count)
+        yield per_emitter
         yield GaugeMetricFamily("logdist_ingest_paused", "1 while ingest is paused.", value=1.0 if dist.paused else 0.0)
         yield CounterMetricFamily(
             "logdist_rerouted_messages", "Messages rerouted after their analyzer failed.", value=dist.rerouted_messages

@@ -8,9 +8,7 @@ import random
 class Backoff:
     """Delays that double from ``initial`` up to ``maximum``, each drawn from [(1 - jitter) * d, d]."""
 
-    def __init__(
-        self, initial: float, maximum: float, jitter: float = 0.5, rng: random.Random | None = None
-    ) -> None:
+    def __init__(self, initial: float, maximum: float, jitter: float = 0.5, rng: random.Random | None = None) -> None:
         if initial < 0 or maximum < initial or not 0 <= jitter <= 1:
             raise ValueError("backoff needs 0 <= initial <= maximum and 0 <= jitter <= 1")
         self.initial = initial

@@ -13,10 +13,10 @@ import logging
 import time
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from logdist.config import DeliveryConfig
-from logdist.control import metrics
+from logdist.control import metrics, tracing
 from logdist.delivery.backoff import Backoff
 from logdist.delivery.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from logdist.delivery.coalescer import Coalescer
@@ -82,8 +82,10 @@ class LinkCore:
         self.up_since: float | None = None
         self.ever_up = False
         self.drained = False  # operator took it out of routing; what it holds still completes
+        self.hold = False  # failure_policy "hold": while down, its share is spooled for it, not rerouted
         self.breaker = CircuitBreaker(breaker_policy)
         self._sent_at: dict[int, float] = {}
+        self._trace_spans: dict[int, Any] = {}  # tracing: deliver spans by batch seq (sampled batches only)
         self._seq = 0
         self._linger: asyncio.TimerHandle | None = None
 
@@ -132,6 +134,7 @@ class LinkCore:
     def _flush(self) -> None:
         """Send queued messages while the window and the transport allow."""
         window = self.config.window
+        tracer = tracing.tracer
         while self.queue.messages and len(self.in_flight) < window and self._can_send():
             parts = self.queue.take()
             self._seq += 1
@@ -139,6 +142,8 @@ class LinkCore:
             self.in_flight[seq] = parts
             self._sent_at[seq] = time.monotonic()
             self.in_flight_messages += sum(part.count for part in parts)
+            if tracer is not None:  # tracing: deliver span from written to acked (sampled batches)
+                tracer.deliver_started(self._trace_spans, self.name, seq, parts)
             self._send(seq, parts)
         if self._linger is not None and not self.queue.messages:
             self._linger.cancel()
@@ -149,6 +154,8 @@ class LinkCore:
         if parts is None:
             return  # a late ack for a batch already rerouted
         sent_at = self._sent_at.pop(seq, None)
+        if self._trace_spans:  # tracing: end this batch's deliver span
+            tracing.deliver_ended(self._trace_spans.pop(seq, None), status.name.lower())
         count = sum(part.count for part in parts)
         self.in_flight_messages -= count
         if status == AckStatus.OK:
@@ -205,6 +212,8 @@ class LinkCore:
         orphans = [part for seq in sorted(self.in_flight) for part in self.in_flight[seq]]
         self.in_flight.clear()
         self._sent_at.clear()
+        if self._trace_spans:  # tracing: in-flight batches are orphaned
+            tracing.end_all(self._trace_spans, "orphaned")
         self.in_flight_messages = 0
         orphans.extend(self.queue.drain())
         return orphans

@@ -22,7 +22,7 @@ class Ticket:
     """The outstanding messages of one accepted batch; at zero it acks every waiting emitter connection and
     runs its callbacks (such as deleting the batch's spool record)."""
 
-    __slots__ = ("callbacks", "remaining", "rejected", "spool_id", "waiters")
+    __slots__ = ("callbacks", "remaining", "rejected", "spool_id", "spool_queue", "waiters")
 
     def __init__(self, count: int) -> None:
         self.remaining = count
@@ -30,6 +30,7 @@ class Ticket:
         self.waiters: list[tuple[int, AckSender]] = []
         self.callbacks: list[Callable[[], None]] = []
         self.spool_id: int | None = None  # set once the batch is durable in the spool
+        self.spool_queue: str | None = None  # the spool queue holding it (spill, hold) until delivered
 
     @property
     def done(self) -> bool:

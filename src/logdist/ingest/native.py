@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import logging
 
+from logdist.control import tracing
 from logdist.ingest.base import IngestSink
 from logdist.ingest.dedup import DedupWindow, Ticket
 from logdist.wire.compression import SUPPORTED, negotiate
@@ -116,6 +117,8 @@ class NativeIngest(asyncio.Protocol):
                 return None
         self.messages += block.count
         self.batches += 1
+        if (tracer := tracing.tracer) is not None:  # tracing: receive span (sampled batches); off: this check only
+            tracer.received(block, self.client_id, seq)
         reply: bytes | None = encode_ack(seq)
         if block.count and self.ack_mode != "accepted":
             block.ticket = Ticket(block.count)
@@ -123,14 +126,20 @@ class NativeIngest(asyncio.Protocol):
             if self.ack_mode == "delivered":
                 block.ticket.waiters.append((seq, self.send_ack))
                 self.sink.accept(block)
-            else:  # durable: ack once the spool has it on disk
-                self.sink.accept(block, durable=lambda status: self.send_ack(seq, status))
+            else:  # durable: ack once the spool has it on disk; only then is a retransmission a duplicate
+                self.sink.accept(block, durable=lambda status: self._durable(seq, status))
+                return None
         else:
             self.sink.accept(block)
         if self.session is not None:
             assert self.dedup is not None
             self.dedup.record(self.session, seq, block.ticket if self.ack_mode == "delivered" else None)
         return reply
+
+    def _durable(self, seq: int, status: AckStatus) -> None:
+        if status == AckStatus.OK and self.session is not None and self.dedup is not None:
+            self.dedup.record(self.session, seq)
+        self.send_ack(seq, status)
 
     def send_ack(self, seq: int, status: AckStatus = AckStatus.OK) -> None:
         """Acknowledge batch ``seq`` now (used when its ack waited for delivery)."""

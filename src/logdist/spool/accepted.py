@@ -149,6 +149,67 @@ class AcceptedLog:
         self.spooled_at_shutdown = kept
         return kept
 
+    def put(self, queue: str, block: MessageBlock, written: Callable[[int | None], None]) -> None:
+        """Append ``block`` to ``queue`` (spill, hold); ``written(record)`` gets the id, or None on failure."""
+        try:
+            future = self.spool.append_nowait(queue, block)
+        except SpoolError as exc:
+            self._put_failed(queue, exc)
+            written(None)
+            return
+
+        def done(f: asyncio.Future[int]) -> None:
+            exc = f.exception()
+            if exc is not None:
+                self._put_failed(queue, exc)
+                written(None)
+            else:
+                written(f.result())
+
+        future.add_done_callback(done)
+
+    def _put_failed(self, queue: str, exc: BaseException) -> None:
+        self.failures += 1
+        if self.failures == 1 or self.failures % 1000 == 0:
+            log.error(
+                "spool append to %s failed (%d so far); keeping the batch in memory: %s", queue, self.failures, exc
+            )
+
+    async def drain(
+        self,
+        queue: str,
+        deliver: Callable[[int, MessageBlock], None],
+        room: Callable[[], Awaitable[None]],
+        after: int | None = None,
+    ) -> int | None:
+        """Hand every record of ``queue`` to ``deliver(record, block)``, oldest first, until it is empty;
+        ``room()`` paces it. The caller deletes each record (:meth:`forget_from`) once delivered. Starts
+        after record ``after``; returns the last record handed (or ``after``)."""
+        while True:
+            await room()
+            records = await self.spool.read(queue, max_messages=16_384, after=after)
+            if not records:
+                return after
+            for record, block in records:
+                after = record
+                deliver(record, block)
+
+    def forget_from(self, queue: str, record: int) -> None:
+        """Delete ``record`` of ``queue`` (not batched: spill and hold records are few and large)."""
+        task = asyncio.get_running_loop().create_task(self._delete_from(queue, [record]))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _delete_from(self, queue: str, ids: list[int]) -> None:
+        try:
+            await self.spool.delete(queue, ids)
+        except SpoolError as exc:
+            log.error("spool delete from %s failed (the batch will be replayed, duplicates): %s", queue, exc)
+
+    def depth(self, queue: str) -> int:
+        """Messages stored in ``queue``."""
+        return self.spool.depth(queue)[1]
+
     def covered(self, blocks: list[MessageBlock]) -> int:
         """Messages of ``blocks`` whose batch is already on disk."""
         return sum(b.count for b in blocks if b.ticket is not None and b.ticket.spool_id is not None)

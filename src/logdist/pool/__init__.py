@@ -1,0 +1,1 @@
+"""Run and autoscale a pool of local analyzer processes behind a distributor (``logdist pool``)."""
