@@ -284,3 +284,16 @@ def test_merge_of_nothing():
     m = merge([], {"1": 5})
     assert (m["delivered_unique"], m["duplicates"], m["lost"]) == (0, 0, 5)
     assert m["latency_ms"]["p50"] is None
+
+
+def test_restore_keeps_the_dedup_window_and_counters_across_a_restart() -> None:
+    from logdist.analyzer.stats import AnalyzerStats
+    from logdist.emitter.client import StreamStamper
+
+    block = StreamStamper(stream=77).block([b"m%d" % i for i in range(100)])
+    before = AnalyzerStats("a")
+    assert before.record(block) == 100
+    after = AnalyzerStats("a")
+    assert after.restore(before.summary()) == 100
+    assert after.record(block) == 0, "ids seen before the restart are duplicates after it"
+    assert (after.unique, after.duplicates, after.received) == (100, 100, 200)

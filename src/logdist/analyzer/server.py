@@ -220,6 +220,12 @@ class AnalyzerServer:
         self.delay_ms = delay_ms
         self.stats = AnalyzerStats(self.name, verify=verify)
         self.stats_file = Path(stats_file) if stats_file else None
+        if self.stats_file is not None and self.stats_file.exists():  # a restart: the dedup window survives it
+            try:
+                restored = self.stats.restore(msgspec.json.decode(self.stats_file.read_bytes()))
+                log.info("restored %d message ids from %s", restored, self.stats_file)
+            except (OSError, msgspec.DecodeError, ValueError, TypeError) as exc:
+                log.warning("ignoring unreadable stats file %s: %s", self.stats_file, exc)
         self.protocols: set[AnalyzerProtocol] = set()
         self.server: asyncio.AbstractServer | None = None
         self.journal = Journal(journal) if journal else None

@@ -289,6 +289,21 @@ class AnalyzerStats:
         self.latency = LatencyHistogram()
         self.streams: dict[int, SeqBitmap] = {}
 
+    def restore(self, summary: Mapping[str, Any]) -> int:
+        """Resume from a previous summary (its ``streams`` runs): ids seen before a restart stay duplicates,
+        and the counters go on from where they were. Returns the ids restored."""
+        restored = 0
+        for stream, runs in (summary.get("streams") or {}).items():
+            bitmap = self.streams.setdefault(int(stream), SeqBitmap())
+            for first, last in runs:
+                if last >= MAX_TRACKED_SEQ:
+                    continue
+                restored += bitmap.add(np.arange(int(first), int(last) + 1, dtype=np.int64))
+        for key in ("received", "unique", "duplicates", "checksum_failures", "bytes", "batches"):
+            setattr(self, key, getattr(self, key) + int(summary.get(key, 0)))
+        self.latency.merge(LatencyHistogram.from_sparse(summary.get("latency_hist")))
+        return restored
+
     def record(self, block: MessageBlock, now_ns: int | None = None) -> int:
         """Account for one received block; return how many of its messages were new (not duplicates)."""
         n = block.count
