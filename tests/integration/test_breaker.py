@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_distributor import Cluster, finish
+from tests.cluster import Cluster, finish
 from tests.procs import ProcessGroup, wait_until
 
 pytestmark = pytest.mark.timeout(120)

@@ -2,99 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from logdist.analyzer.journal import read_journal
-from logdist.analyzer.stats import merge_runs, runs_length
 from logdist.wire.errors import ErrorCode
 from logdist.wire.native import Error, FrameDecoder, Hello, Role, encode_hello
-from tests.procs import LogdistProcess, ProcessGroup, wait_until
+from tests.cluster import WEIGHTS, Cluster, finish
+from tests.procs import ProcessGroup, wait_until
 
 pytestmark = pytest.mark.timeout(240)
-
-WEIGHTS = {"a1": 0.4, "a2": 0.3, "a3": 0.2, "a4": 0.1}
-
-
-class Cluster:
-    """Four reference analyzers (each with an id journal) behind one distributor."""
-
-    def __init__(self, procs: ProcessGroup, tmp: Path, weights: dict[str, float] = WEIGHTS, **serve: str) -> None:
-        self.procs = procs
-        self.tmp = tmp
-        self.weights = weights
-        self.analyzers: dict[str, LogdistProcess] = {}
-        self.ports: dict[str, int] = {}
-        for name in weights:
-            self.start_analyzer(name)
-        args = ["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--slow-start", "1"]
-        for key, value in serve.items():
-            args += [f"--{key.replace('_', '-')}", value]
-        for name, weight in weights.items():
-            args += ["--analyzer", f"{name}=127.0.0.1:{self.ports[name]}@{weight}"]
-        self.distributor = procs.start(*args)
-        self.admin = self.distributor.ready["admin"]
-        self.target = self.distributor.ready["listen"]
-        wait_until(lambda: all(a["state"] == "up" for a in self.stats()["analyzers"]), 20, "all analyzers up")
-
-    def start_analyzer(self, name: str, port: int = 0) -> LogdistProcess:
-        proc = self.procs.analyzer("--journal", self.tmp / f"{name}.journal", listen=f"127.0.0.1:{port}", name=name)
-        self.analyzers[name] = proc
-        self.ports[name] = proc.port
-        return proc
-
-    def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://{self.admin}/stats", timeout=5) as response:
-            return json.load(response)
-
-    def delivered(self) -> dict[str, int]:
-        return {a["name"]: a["delivered"] for a in self.stats()["analyzers"]}
-
-    def state(self, name: str) -> str:
-        return next(a["state"] for a in self.stats()["analyzers"] if a["name"] == name)
-
-    def emit(self, rate: int, duration: float, connections: int = 2, batch: int = 500) -> LogdistProcess:
-        args = ["emit", "--target", self.target, "--rate", str(rate), "--duration", str(duration)]
-        args += ["--connections", str(connections), "--size", "200", "--batch", str(batch), "--json", "--quiet"]
-        return self.procs.start(*args, ready=False)
-
-    def drained(self) -> bool:
-        stats = self.stats()
-        return not stats["parked"] and all(not a["queued"] and not a["in_flight"] for a in stats["analyzers"])
-
-    def account(self, summary: dict[str, Any]) -> dict[str, int]:
-        """Lost and duplicate messages over every analyzer's journal, against what the emitter sent."""
-        per_stream: dict[str, list] = {}
-        received: dict[str, int] = {}
-        for name in self.weights:
-            runs_by_stream = read_journal(self.tmp / f"{name}.journal")
-            received[name] = sum(runs_length(runs) for runs in runs_by_stream.values())
-            for stream, runs in runs_by_stream.items():
-                per_stream.setdefault(stream, []).append(runs)
-        lost = duplicates = 0
-        for stream, sent in summary["streams"].items():
-            import numpy as np
-
-            runs = merge_runs(np.concatenate(per_stream[stream])) if stream in per_stream else np.empty((0, 2))
-            seen = runs_length(runs)
-            lost += sent - seen
-            duplicates += sum(runs_length(r) for r in per_stream.get(stream, [])) - seen
-        return {"lost": lost, "duplicates": duplicates, "received": sum(received.values()), **received}
-
-
-def finish(cluster: Cluster, emitter: LogdistProcess, timeout: float = 60) -> dict[str, Any]:
-    assert emitter.wait(timeout) == 0, emitter.describe()
-    summary = emitter.wait_event("summary")
-    assert summary["sent"] > 0 and summary["sent"] == summary["acked"]
-    wait_until(cluster.drained, 30, "distributor drained")
-    return summary
-
 
 def test_weights_hold_within_half_a_point_over_100k_messages(tmp_path: Path) -> None:
     with ProcessGroup() as procs:

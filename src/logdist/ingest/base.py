@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
@@ -32,3 +33,26 @@ class IngestSink(Protocol):
     def register(self, conn: IngestConnection) -> None: ...
     def unregister(self, conn: IngestConnection) -> None: ...
     def bad_input(self, conn: IngestConnection, error: ProtocolError) -> None: ...
+
+
+class TcpIngest(asyncio.Protocol):
+    """Plumbing every TCP ingest connection shares: reading control for backpressure, and closing."""
+
+    _transport: asyncio.Transport | None = None
+    _closing = False
+
+    def pause(self) -> None:
+        """Stop reading (TCP backpressure)."""
+        if self._transport is not None and self._transport.is_reading():
+            self._transport.pause_reading()
+
+    def resume(self) -> None:
+        """Read again."""
+        if self._transport is not None and not self._closing and not self._transport.is_reading():
+            self._transport.resume_reading()
+
+    def close(self) -> None:
+        """Close the connection (after what was written so far has been sent)."""
+        if self._transport is not None and not self._closing:
+            self._closing = True
+            self._transport.close()

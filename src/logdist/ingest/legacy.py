@@ -6,14 +6,14 @@ import asyncio
 import logging
 import secrets
 
-from logdist.ingest.base import IngestSink
+from logdist.ingest.base import IngestSink, TcpIngest
 from logdist.wire.errors import ProtocolError
 from logdist.wire.legacy import DEFAULT_MAX_MESSAGE, LegacyFrameDecoder
 
 log = logging.getLogger("logdist.ingest.legacy")
 
 
-class LegacyIngest(asyncio.Protocol):
+class LegacyIngest(TcpIngest):
     """One legacy emitter connection; each connection is a message stream with its own random id.
 
     The protocol has no error frame: a malformed frame is logged with the peer and reason, counted, and only
@@ -42,22 +42,6 @@ class LegacyIngest(asyncio.Protocol):
                 "legacy emitter %s closed with %d bytes of an unfinished frame", self.peer, self._decoder.buffered
             )
         self.sink.unregister(self)
-
-    def pause(self) -> None:
-        """Stop reading (TCP backpressure)."""
-        if self._transport is not None and self._transport.is_reading():
-            self._transport.pause_reading()
-
-    def resume(self) -> None:
-        """Read again."""
-        if self._transport is not None and not self._closing and not self._transport.is_reading():
-            self._transport.resume_reading()
-
-    def close(self) -> None:
-        """Close the connection."""
-        if self._transport is not None and not self._closing:
-            self._closing = True
-            self._transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from typing import Protocol
 
-from logdist.ingest.base import IngestSink
+from logdist.ingest.base import IngestSink, TcpIngest
 from logdist.wire.lines import DEFAULT_MAX_LINE, LineDecoder
 from logdist.wire.records import Decoded, StreamIds
 from logdist.wire.syslog import DEFAULT_MAX_MESSAGE, SyslogDecoder
@@ -28,7 +28,7 @@ class StreamDecoder(Protocol):
     def finish(self) -> Decoded: ...
 
 
-class TextIngest(asyncio.Protocol):
+class TextIngest(TcpIngest):
     """One ``lines`` or ``syslog`` connection."""
 
     def __init__(self, sink: IngestSink, kind: str, decoder: StreamDecoder, ids: StreamIds) -> None:
@@ -57,22 +57,6 @@ class TextIngest(asyncio.Protocol):
         """The peer finished sending: its unterminated last line is a message too."""
         self._take(self._decoder.finish())
         return False  # close our side as well
-
-    def pause(self) -> None:
-        """Stop reading (TCP backpressure)."""
-        if self._transport is not None and self._transport.is_reading():
-            self._transport.pause_reading()
-
-    def resume(self) -> None:
-        """Read again."""
-        if self._transport is not None and not self._closing and not self._transport.is_reading():
-            self._transport.resume_reading()
-
-    def close(self) -> None:
-        """Close the connection."""
-        if self._transport is not None and not self._closing:
-            self._closing = True
-            self._transport.close()
 
     def data_received(self, data: bytes) -> None:
         if not self._closing:

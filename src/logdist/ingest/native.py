@@ -7,7 +7,7 @@ import itertools
 import logging
 
 from logdist.control import tracing
-from logdist.ingest.base import IngestSink
+from logdist.ingest.base import IngestSink, TcpIngest
 from logdist.ingest.dedup import DedupWindow, Ticket
 from logdist.wire.compression import SUPPORTED, negotiate
 from logdist.wire.errors import ErrorCode, ProtocolError
@@ -32,7 +32,7 @@ log = logging.getLogger("logdist.ingest")
 _connection_ids = itertools.count(1)
 
 
-class NativeIngest(asyncio.Protocol):
+class NativeIngest(TcpIngest):
     """One emitter connection. A malformed frame gets an ERROR frame and closes only this connection."""
 
     def __init__(
@@ -66,16 +66,6 @@ class NativeIngest(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self.sink.unregister(self)
-
-    def pause(self) -> None:
-        """Stop reading from this emitter (TCP backpressure)."""
-        if self._transport is not None and self._transport.is_reading():
-            self._transport.pause_reading()
-
-    def resume(self) -> None:
-        """Read from this emitter again."""
-        if self._transport is not None and not self._closing and not self._transport.is_reading():
-            self._transport.resume_reading()
 
     def close(self) -> None:
         """Close after what was written so far (acks included) has been sent."""
