@@ -40,6 +40,14 @@ class TcpIngest(asyncio.Protocol):
 
     _transport: asyncio.Transport | None = None
     _closing = False
+    sink: IngestSink
+    peer = "?"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.sink.register(self)  # type: ignore[arg-type]
 
     def pause(self) -> None:
         """Stop reading (TCP backpressure)."""

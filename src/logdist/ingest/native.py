@@ -57,12 +57,6 @@ class NativeIngest(TcpIngest):
         self._transport: asyncio.Transport | None = None
         self._closing = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        self.sink.register(self)
-
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self.sink.unregister(self)
