@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -323,3 +324,9 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         return None
+
+
+def admin_stats(admin: str) -> dict[str, Any]:
+    """The distributor's ``GET /stats`` snapshot from its admin address ``HOST:PORT``."""
+    with urllib.request.urlopen(f"http://{admin}/stats", timeout=5) as response:
+        return json.load(response)

@@ -3,10 +3,8 @@ acknowledged to an emitter may be lost."""
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import pytest
 from logdist.analyzer.journal import read_journal
 from logdist.analyzer.stats import merge_runs, runs_length
 from tests.procs import LogdistProcess, ProcessGroup, wait_until
+from tests.procs import admin_stats as stats
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -23,11 +22,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def stats(admin: str) -> dict:
-    with urllib.request.urlopen(f"http://{admin}/stats", timeout=5) as response:
-        return json.load(response)
 
 
 def lost(tmp_path: Path, names: list[str], streams: dict[str, int]) -> int:

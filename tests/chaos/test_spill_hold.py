@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import signal
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.chaos.test_distributor_crash import lost
 from tests.procs import ProcessGroup, wait_until
+from tests.procs import admin_stats as stats
 
 pytestmark = pytest.mark.timeout(150)
-
-
-def stats(admin: str) -> dict:
-    with urllib.request.urlopen(f"http://{admin}/stats", timeout=5) as response:
-        return json.load(response)
 
 
 def test_spill_keeps_accepting_past_the_memory_bound_and_delivers_later(tmp_path: Path) -> None:

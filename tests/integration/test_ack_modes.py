@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,13 +11,9 @@ import pytest
 from logdist.emitter.client import EmitterClient, StreamStamper
 from logdist.wire.native import Ack, FrameDecoder, Hello, Role, Welcome, encode_batch, encode_hello
 from tests.procs import ProcessGroup
+from tests.procs import admin_stats as stats
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def stats(admin: str) -> dict:
-    with urllib.request.urlopen(f"http://{admin}/stats", timeout=5) as response:
-        return json.load(response)
 
 
 def delivered(admin: str) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import socket
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,9 @@ from logdist.analyzer.journal import read_journal
 from logdist.analyzer.stats import runs_length
 from logdist.wire.legacy import encode_frame
 from tests.procs import ProcessGroup, start_example, wait_until
+from tests.procs import admin_stats as stats
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def stats(admin: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://{admin}/stats", timeout=5) as response:
-        return json.load(response)
 
 
 def lines_of(path: Path) -> list[dict[str, Any]]:

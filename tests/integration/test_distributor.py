@@ -15,6 +15,7 @@ from tests.procs import ProcessGroup, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
+
 def test_weights_hold_within_half_a_point_over_100k_messages(tmp_path: Path) -> None:
     with ProcessGroup() as procs:
         cluster = Cluster(procs, tmp_path)

@@ -3,20 +3,14 @@ match the configuration; drop rules are counted, never sampled."""
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.procs import ProcessGroup, wait_until
+from tests.procs import admin_stats as stats
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def stats(admin: str) -> dict:
-    with urllib.request.urlopen(f"http://{admin}/stats", timeout=5) as response:
-        return json.load(response)
 
 
 def test_groups_rules_and_drops_hold_the_configured_shares(tmp_path: Path) -> None:
